@@ -1,0 +1,189 @@
+"""PyTorch adapter: timm models by name (``timm:resnet18``) and any nn.Module."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnviz_core.adapter import ModelAdapter
+from cnnviz_core.capabilities import Capability
+from cnnviz_core.config import PreprocessConfig
+from cnnviz_core.errors import InputError, LayerNotFoundError, ModelLoadError
+
+from .hooks import eval_mode, forward_hooks
+
+TIMM_PREFIX = "timm:"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+class TorchAdapter(ModelAdapter):
+    kind = "torch"
+    capabilities = frozenset({Capability.FORWARD, Capability.GRADIENTS, Capability.ACTIVATIONS, Capability.WEIGHTS})
+
+    def __init__(
+        self,
+        module: nn.Module,
+        name: str | None = None,
+        config: PreprocessConfig | None = None,
+        labels: Sequence[str] | None = None,
+    ):
+        if not isinstance(module, nn.Module):
+            raise ModelLoadError(f"expected a torch.nn.Module, got {type(module).__name__}")
+        super().__init__(name or type(module).__name__, config or PreprocessConfig(), labels)
+        self.module = module
+        self._num_classes: int | None = None
+        self._default_layer: str | None = None
+        parameter = next(module.parameters(), None)
+        self.device = str(parameter.device) if parameter is not None else "cpu"
+
+    # -- loading -----------------------------------------------------------
+    @classmethod
+    def can_load(cls, spec: Any) -> bool:
+        return isinstance(spec, nn.Module) or (isinstance(spec, str) and spec.startswith(TIMM_PREFIX))
+
+    @classmethod
+    def load(cls, spec: Any, **options) -> "TorchAdapter":
+        weights = options.pop("weights", None)
+        device = options.pop("device", None)
+        labels = options.pop("labels", None)
+        name = options.pop("name", None)
+        config_options = {k: options.pop(k) for k in ("input_size", "mean", "std", "interpolation") if k in options}
+        num_classes = options.pop("num_classes", None)
+        if options:
+            raise InputError(f"unknown model option(s): {', '.join(sorted(options))}")
+        if isinstance(spec, nn.Module):
+            module, base_config = spec, PreprocessConfig()
+            name = name or type(spec).__name__
+        else:
+            module, base_config = _create_timm(spec[len(TIMM_PREFIX):], num_classes)
+            name = name or spec
+            if labels is None and _output_classes(module) == 1000:
+                labels = imagenet_labels()
+        if weights is not None:
+            load_weights(module, weights)
+        try:
+            config = PreprocessConfig(**{**base_config.to_dict(), **config_options})
+        except ValueError as error:
+            raise InputError(f"bad preprocessing option: {error}") from None
+        adapter = cls(module, name, config, labels)
+        if device is not None:
+            adapter.to(device)
+        return adapter
+
+    # -- description -------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = _output_classes(self.module) or int(self.logits(self._dummy()).shape[1])
+        return self._num_classes
+
+    def layers(self) -> list[str]:
+        return [name for name, _ in self.module.named_modules() if name]
+
+    def get_layer(self, name: str) -> nn.Module:
+        modules = dict(self.module.named_modules())
+        if not name or name not in modules:
+            raise LayerNotFoundError(name, self.layers())
+        return modules[name]
+
+    def default_layer(self) -> str:
+        """The last module, in execution order, whose output is a feature map
+        with more than one spatial position."""
+        if self._default_layer is None:
+            finished: list[str] = []
+
+            def make_hook(name):
+                def hook(_module, _inputs, output):
+                    if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+                        finished.append(name)
+
+                return hook
+
+            modules = {n: m for n, m in self.module.named_modules() if n}
+            with forward_hooks(modules, make_hook), self.session(), torch.inference_mode():
+                self.module(self.tensor(self._dummy()))
+            if not finished:
+                raise LayerNotFoundError("<a spatial feature layer>", self.layers())
+            self._default_layer = finished[-1]
+        return self._default_layer
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {name: p.detach().cpu().numpy() for name, p in self.module.named_parameters()}
+
+    # -- running -----------------------------------------------------------
+    def to(self, device: str) -> "TorchAdapter":
+        self.module.to(torch.device(device))
+        self.device = device
+        return self
+
+    def tensor(self, inputs: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        with self.session(), torch.inference_mode():
+            return self.module(self.tensor(inputs)).float().cpu().numpy()
+
+    @contextlib.contextmanager
+    def session(self):
+        with eval_mode(self.module):
+            yield self
+
+    def _dummy(self) -> np.ndarray:
+        return np.zeros((1, 3, *self.config.input_size), dtype=np.float32)
+
+
+def _create_timm(name: str, num_classes: int | None) -> tuple[nn.Module, PreprocessConfig]:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        hint = f" Similar: {', '.join(close)}." if close else ""
+        raise ModelLoadError(f"timm has no model {name!r}.{hint}")
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    module = timm.create_model(name, pretrained=False, **kwargs)  # never downloads
+    module.eval()
+    return module, PreprocessConfig.from_timm(module.pretrained_cfg)
+
+
+def _output_classes(module: nn.Module) -> int | None:
+    value = getattr(module, "num_classes", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
+    """Load a state dict (.pth/.pt/.bin with weights_only=True, or .safetensors)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"weights file {path} does not exist")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelLoadError(f"cannot read weights {path}: {type(error).__name__}: {error}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"weights {path} hold a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModelLoadError(f"weights {path} do not fit the model: {' '.join(first[:3])[:400]}") from None
+
+
+def imagenet_labels() -> tuple[str, ...]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return tuple(info.index_to_description(i) for i in range(1000))

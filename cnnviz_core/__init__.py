@@ -1,0 +1,45 @@
+"""cnnviz: visualize, understand and explain convolutional networks.
+
+Public API::
+
+    import cnnviz_core as cnnviz
+    model = cnnviz.load_model("efficientnet_lite0")
+    result = cnnviz.run("gradcam", model, ["cat.png"], target="Egyptian cat")
+    result.maps            # (B, H, W) raw float32
+    result.save("out/")    # PNGs, .npy arrays and a JSON record
+"""
+
+from .adapter import ModelAdapter, ModelEntry
+from .api import check_capabilities, load_model, methods, missing_capabilities, models, run
+from .capabilities import Capability
+from .config import PreprocessConfig
+from .errors import (
+    CapabilityError,
+    CnnvizError,
+    ImageLoadError,
+    InputError,
+    LayerNotFoundError,
+    MethodError,
+    MethodNotFoundError,
+    ModelLoadError,
+    OutOfMemoryError,
+    PluginError,
+    TargetError,
+)
+from .hookspecs import hookimpl
+from .method import Attribution, AttributionMethod, AttributionParams, Method, MethodParams, param
+from .registry import get_registry, reset_registry
+from .results import AttributionResult
+from .scheduler import Scheduler
+from .targets import Target, parse_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attribution", "AttributionMethod", "AttributionParams", "AttributionResult", "Capability",
+    "CapabilityError", "CnnvizError", "ImageLoadError", "InputError", "LayerNotFoundError",
+    "Method", "MethodError", "MethodNotFoundError", "MethodParams", "ModelAdapter", "ModelEntry",
+    "ModelLoadError", "OutOfMemoryError", "PluginError", "PreprocessConfig", "Scheduler", "Target",
+    "TargetError", "check_capabilities", "get_registry", "hookimpl", "load_model", "methods",
+    "missing_capabilities", "models", "param", "parse_target", "reset_registry", "run",
+]

@@ -1,0 +1,184 @@
+"""Method base classes. The base owns the pipeline (parameters, batching through
+the scheduler, target resolution, result assembly); a method overrides one step.
+
+A method is one class with:
+- ``name``: its registry name; ``kind``: attribution, synthesis or analysis;
+- ``requires``: the capabilities it needs from the model adapter;
+- ``Params``: a dataclass of typed parameters with defaults and ``help``
+  metadata (made with :func:`param`), from which the CLI's flags are generated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from .capabilities import Capability
+from .errors import InputError, MethodError
+from .results import AttributionResult
+from .scheduler import Scheduler
+from .targets import Target
+
+KINDS = ("attribution", "synthesis", "analysis")
+
+
+def param(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None):
+    """A method parameter: its default, its help text, and optional checks."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+
+
+@dataclasses.dataclass
+class MethodParams:
+    """Parameters every method has."""
+
+    batch_size: int | None = param(None, "inputs per batch (default: the method's own hint); halved on out-of-memory", minimum=1)
+
+
+@dataclasses.dataclass
+class AttributionParams(MethodParams):
+    score: str = param("logit", "the score explained: the target's logit or its softmax probability", choices=("logit", "prob"))
+
+
+def param_fields(params_class) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(params_class) if f.init]
+
+
+def param_types(params_class) -> dict[str, Any]:
+    return typing.get_type_hints(params_class)
+
+
+@dataclasses.dataclass
+class Attribution:
+    """What ``attribute`` returns for one batch."""
+
+    maps: np.ndarray  # (b, H, W) raw
+    classes: np.ndarray  # (b,) the class explained
+    scores: np.ndarray  # (b,) its score on the clean input
+    images: np.ndarray | None = None  # (b, 3, H, W) image-space result, where the method has one
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per-input arrays, first axis b
+
+
+class Method:
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    requires: ClassVar[frozenset[Capability]] = frozenset()
+    Params: ClassVar[type] = MethodParams
+    batch_hint: ClassVar[int] = 16
+    # Settings for `cnnviz demo`: quick but faithful.
+    demo_params: ClassVar[dict[str, Any]] = {}
+    plugin: ClassVar[str] = ""  # set by the registry: which plugin contributed it
+
+    def __init__(self, adapter, params=None, scheduler: Scheduler | None = None):
+        self.adapter = adapter
+        self.params = params if params is not None else self.make_params()
+        self.scheduler = scheduler or Scheduler(device=getattr(adapter, "device", "cpu"), progress=False)
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    @classmethod
+    def make_params(cls, **values):
+        """Build and check the Params dataclass; unknown names and bad values
+        raise InputError naming the method and the parameter."""
+        fields = {f.name: f for f in param_fields(cls.Params)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise InputError(
+                f"{cls.name}: unknown parameter(s) {', '.join(unknown)}; it takes: {', '.join(fields) or 'none'}"
+            )
+        params = cls.Params(**values)
+        for name, field in fields.items():
+            value = getattr(params, name)
+            choices, minimum = field.metadata.get("choices"), field.metadata.get("minimum")
+            if choices and value is not None and value not in choices:
+                raise InputError(f"{cls.name}: --{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            if minimum is not None and value is not None and value < minimum:
+                raise InputError(f"{cls.name}: --{name.replace('_', '-')} must be at least {minimum}, got {value!r}")
+        cls.check_params(params)
+        return params
+
+    @classmethod
+    def check_params(cls, params) -> None:
+        """Cross-parameter checks a method may add; raise InputError."""
+
+    def error(self, message: str) -> MethodError:
+        return MethodError(self.name, message)
+
+    def batch_size(self) -> int:
+        return self.params.batch_size or self.batch_hint
+
+
+class AttributionMethod(Method):
+    """Explains a class score with a map over the input pixels.
+
+    Subclasses implement :meth:`attribute` for one batch of preprocessed inputs.
+    """
+
+    kind = "attribution"
+    Params = AttributionParams
+
+    def setup(self) -> None:
+        """Checks and preparation done once before any batch (layer names,
+        model structure); errors raised here leave nothing written."""
+
+    def attribute(self, inputs: np.ndarray, targets: list[Target]) -> Attribution:
+        raise NotImplementedError
+
+    def run(
+        self,
+        inputs: np.ndarray,
+        targets: list[Target],
+        names: list[str] | None = None,
+        on_batch: Callable[[AttributionResult, int], None] | None = None,
+    ) -> AttributionResult:
+        names = names or [f"input{i}" for i in range(len(inputs))]
+
+        def work(start: int, stop: int) -> Attribution:
+            return self.attribute(inputs[start:stop], targets[start:stop])
+
+        def report(start: int, stop: int, part: Attribution) -> None:
+            if on_batch is not None:
+                on_batch(self._result([part], inputs[start:stop], targets[start:stop], names[start:stop]), start)
+
+        with self.adapter.session():
+            self.setup()
+            parts = self.scheduler.map_batches(work, len(inputs), self.batch_size(), on_batch=report, desc=self.name)
+        return self._result(parts, inputs, targets, names)
+
+    def _result(self, parts, inputs, targets, names) -> AttributionResult:
+        extras_keys = parts[0].extras.keys()
+        images = [p.images for p in parts]
+        return AttributionResult(
+            method=self.name,
+            model=self.adapter.describe(),
+            params=dataclasses.asdict(self.params),
+            targets=list(targets),
+            names=list(names),
+            labels=self.adapter.labels,
+            maps=np.concatenate([p.maps for p in parts]).astype(np.float32, copy=False),
+            images=None if images[0] is None else np.concatenate(images).astype(np.float32, copy=False),
+            classes=np.concatenate([p.classes for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]).astype(np.float32, copy=False),
+            extras={k: np.concatenate([p.extras[k] for p in parts]) for k in extras_keys},
+            display=self.adapter.display_images(inputs),
+        )
+
+
+def check_method_class(cls) -> None:
+    """The registry's checks on a contributed class; raises ValueError."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ValueError(f"{cls!r} is not a cnnviz_core.Method subclass")
+    if not cls.name or not isinstance(cls.name, str):
+        raise ValueError(f"{cls.__name__} has no registry name")
+    if cls.kind not in KINDS:
+        raise ValueError(f"{cls.__name__}.kind must be one of {KINDS}, got {cls.kind!r}")
+    if not dataclasses.is_dataclass(cls.Params):
+        raise ValueError(f"{cls.__name__}.Params must be a dataclass")
+    for field in param_fields(cls.Params):
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{cls.__name__}.Params.{field.name} needs a default")

@@ -1,0 +1,121 @@
+"""Result objects: raw numpy arrays plus metadata; rendering and saving."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import atomic, render
+from .targets import Target
+
+
+@dataclasses.dataclass
+class AttributionResult:
+    """An attribution method's output.
+
+    ``maps``: (B, H, W) float32 raw values at input resolution (never normalized);
+    ``images``: (B, 3, H, W) image-space result for gradient methods, else None;
+    ``classes`` / ``scores``: the class explained and its score on the clean input;
+    ``extras``: further per-input arrays (for example occlusion's position grid);
+    ``display``: the inputs as RGB in [0, 1], for overlays.
+    """
+
+    method: str
+    model: dict[str, Any]
+    params: dict[str, Any]
+    targets: list[Target]
+    names: list[str]
+    labels: Sequence[str] | None
+    maps: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    images: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    display: np.ndarray | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    kind = "attribution"
+
+    def label(self, index: int) -> str:
+        cls = int(self.classes[index])
+        if self.labels is not None and cls < len(self.labels):
+            return f"{cls} {self.labels[cls]}"
+        return str(cls)
+
+    # -- rendering ---------------------------------------------------------
+    def renderings(self, index: int) -> dict[str, np.ndarray]:
+        """The PNG renderings of one input, by file suffix."""
+        out = {"heatmap": render.heatmap(self.maps[index])}
+        if self.display is not None:
+            out["overlay"] = render.overlay(self.display[index], self.maps[index])
+        if self.images is not None:
+            out["gradient"] = render.gradient_image(self.images[index])
+        return out
+
+    def _repr_png_(self) -> bytes:
+        rows = []
+        for i in range(len(self.maps)):
+            pictures = self.renderings(i)
+            rows.append([pictures.get("overlay", pictures["heatmap"]), *[v for k, v in pictures.items() if k not in ("overlay", "heatmap")]])
+        return render.png_bytes(render.tile(rows))
+
+    def _repr_html_(self) -> str:
+        parts = [f"<div><b>{html.escape(self.method)}</b> on {html.escape(str(self.model.get('name')))}</div>"]
+        for i in range(len(self.maps)):
+            png = render.png_bytes(self.renderings(i).get("overlay", render.heatmap(self.maps[i])))
+            parts.append(
+                f"<figure style='display:inline-block'><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+                f"<figcaption>{html.escape(self.names[i])}: {html.escape(self.label(i))}</figcaption></figure>"
+            )
+        return "\n".join(parts)
+
+    # -- saving ------------------------------------------------------------
+    def save_items(self, folder: str | os.PathLike, offset: int = 0) -> list[str]:
+        """Write each input's PNGs and raw map; used as batches finish."""
+        written = []
+        for i, name in enumerate(self.names):
+            stem = os.path.join(folder, f"{name}.{self.method}")
+            for suffix, picture in self.renderings(i).items():
+                atomic.write_bytes(f"{stem}.{suffix}.png", render.png_bytes(picture))
+                written.append(f"{stem}.{suffix}.png")
+            atomic.write_npy(f"{stem}.map.npy", self.maps[i])
+            written.append(f"{stem}.map.npy")
+        return written
+
+    def save(self, folder: str | os.PathLike, items: bool = True) -> list[str]:
+        """Write PNG renderings, the raw arrays (.npy) and a JSON record.
+        Every file is written atomically."""
+        os.makedirs(folder, exist_ok=True)
+        written = self.save_items(folder) if items else []
+        arrays = {"maps": self.maps, "classes": self.classes, "scores": self.scores, **self.extras}
+        if self.images is not None:
+            arrays["images"] = self.images
+        for key, array in arrays.items():
+            path = os.path.join(folder, f"{self.method}.{key}.npy")
+            atomic.write_npy(path, array)
+            written.append(path)
+        record_path = os.path.join(folder, f"{self.method}.json")
+        atomic.write_json(record_path, self.record(written))
+        return written + [record_path]
+
+    def record(self, files: list[str] | None = None) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "kind": self.kind,
+            "model": self.model,
+            "params": self.params,
+            "inputs": self.names,
+            "targets": [t.describe(self.labels) for t in self.targets],
+            "explained": [
+                {"input": n, "class": int(c), "label": self.labels[int(c)] if self.labels is not None else None, "score": float(s)}
+                for n, c, s in zip(self.names, self.classes, self.scores)
+            ],
+            "arrays": {"maps": list(self.maps.shape), **({"images": list(self.images.shape)} if self.images is not None else {})},
+            "metadata": self.metadata,
+            "files": sorted(os.path.basename(f) for f in files or []),
+        }
