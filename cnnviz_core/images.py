@@ -82,7 +82,8 @@ def prepare_inputs(inputs, config: PreprocessConfig) -> tuple[np.ndarray, list[s
     if hasattr(inputs, "detach") and hasattr(inputs, "cpu"):  # torch tensor
         inputs = inputs.detach().cpu().numpy()
     if isinstance(inputs, np.ndarray):
-        return _check_array(inputs, config), [f"input{i}" for i in range(len(inputs))]
+        batch = _check_array(inputs, config)
+        return batch, [f"input{i}" for i in range(len(batch))]
     if isinstance(inputs, (str, os.PathLike, Image.Image)):
         inputs = [inputs]
     if not isinstance(inputs, Iterable):
@@ -103,12 +104,17 @@ def prepare_inputs(inputs, config: PreprocessConfig) -> tuple[np.ndarray, list[s
 
 
 def unique_names(names: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """Distinct names (they become file names): a repeat gets the first free
+    ``_N`` suffix, never one another input already has."""
+    taken: set[str] = set()
     result = []
     for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        result.append(name if count == 0 else f"{name}_{count}")
+        candidate, count = name, 0
+        while candidate in taken:
+            count += 1
+            candidate = f"{name}_{count}"
+        taken.add(candidate)
+        result.append(candidate)
     return result
 
 

@@ -18,8 +18,11 @@ class Progress:
         self.start = time.perf_counter()
         self.shown = False
 
-    def update(self, count: int) -> None:
-        self.done = min(self.total, self.done + count)
+    def update(self, count: float) -> None:
+        self.set(self.done + count)
+
+    def set(self, done: float) -> None:
+        self.done = min(float(self.total), max(self.done, done))
         elapsed = time.perf_counter() - self.start
         if not self.enabled or elapsed < self.delay:
             return
@@ -29,7 +32,7 @@ class Progress:
         bar = "#" * int(fraction * width)
         remaining = elapsed / fraction - elapsed if fraction > 0 else 0.0
         self.stream.write(
-            f"\r{self.desc} [{bar:<{width}}] {self.done}/{self.total} "
+            f"\r{self.desc} [{bar:<{width}}] {fraction:4.0%} "
             f"{elapsed:5.1f}s elapsed, ~{remaining:5.1f}s left"
         )
         self.stream.flush()

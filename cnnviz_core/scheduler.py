@@ -52,6 +52,9 @@ class Scheduler:
         self.oom_check = oom_check
         self.progress = progress
         self.backoffs: list[int] = []  # batch sizes abandoned after OOM, for reports and tests
+        # Nested map_batches calls (a method batching windows inside an image
+        # batch) feed one progress bar: (bar, start, stop) of the outer batches.
+        self._frames: list[tuple[Progress, int, int]] = []
 
     @property
     def device_name(self) -> str:
@@ -72,11 +75,13 @@ class Scheduler:
             return []
         batch_size = max(1, min(int(batch_size), total))
         outputs: list[T] = []
-        progress = Progress(total, desc, enabled=self.progress)
+        outer = self._frames[-1] if self._frames else None
+        progress = Progress(total, desc, enabled=self.progress and outer is None)
         start = 0
         try:
             while start < total:
                 stop = min(total, start + batch_size)
+                self._frames.append((progress, start, stop))
                 try:
                     output = work(start, stop)
                 except Exception as error:  # noqa: BLE001 - filtered just below
@@ -91,10 +96,15 @@ class Scheduler:
                     self.backoffs.append(batch_size)
                     batch_size = max(1, batch_size // 2)
                     continue
+                finally:
+                    self._frames.pop()
                 outputs.append(output)
                 if on_batch is not None:
                     on_batch(start, stop, output)
-                progress.update(stop - start)
+                progress.set(stop)
+                if outer is not None:
+                    bar, outer_start, outer_stop = outer
+                    bar.set(outer_start + (outer_stop - outer_start) * stop / total)
                 start = stop
         finally:
             progress.close()

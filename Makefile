@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- runs every method on sample photos with the built-in model
+#   make test   -- runs the test suite
+# Both create .venv when it is missing and install the project (editable).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned to the release this machine serves from its own disk (a CPU
+# run needs no more); other machines may override TORCH_SPEC.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.cnnviz-installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test,demo]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cnnviz demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf demo_out .pytest_cache build *.egg-info

@@ -1,0 +1,319 @@
+"""The plugin registry: collecting contributions, rejecting bad ones, loading
+entry points one by one, and method parameter checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import textwrap
+import types
+
+import numpy as np
+import pytest
+
+import cnnviz_core
+from cnnviz_core import AttributionMethod, hookimpl, param
+from cnnviz_core.errors import InputError, MethodNotFoundError, PluginError
+from cnnviz_core.method import Attribution, AttributionParams
+from cnnviz_core.registry import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, Registry
+
+
+def make_method(method_name: str, **attributes) -> type[AttributionMethod]:
+    def attribute(self, inputs, targets):
+        b, _, h, w = inputs.shape
+        return Attribution(maps=np.zeros((b, h, w), np.float32), classes=np.zeros(b, np.int64), scores=np.zeros(b, np.float32))
+
+    namespace = {"name": method_name, "attribute": attribute, "__doc__": f"The {method_name} test method."}
+    namespace.update(attributes)
+    return type(f"Method_{method_name}", (AttributionMethod,), namespace)
+
+
+def plugin_of(*classes) -> types.SimpleNamespace:
+    @hookimpl
+    def cnnviz_methods():
+        return list(classes)
+
+    return types.SimpleNamespace(cnnviz_methods=cnnviz_methods)
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(autoload=False)
+
+
+# -- collecting -----------------------------------------------------------------------
+def test_methods_collected_and_sorted(registry):
+    zeta, alpha, mid = make_method("zeta"), make_method("alpha"), make_method("mid")
+    registry.register(plugin_of(zeta, alpha), name="first")
+    registry.register(plugin_of(mid), name="second")
+    methods = registry.methods
+    assert list(methods) == ["alpha", "mid", "zeta"]
+    assert methods["alpha"] is alpha
+    assert alpha.plugin == "first"
+    assert mid.plugin == "second"
+    assert registry.method("mid") is mid
+
+
+def test_class_based_plugin(registry):
+    method = make_method("classy")
+
+    class Plugin:
+        @hookimpl
+        def cnnviz_methods(self):
+            return [method]
+
+    registry.register(Plugin(), name="classy-plugin")
+    assert list(registry.methods) == ["classy"]
+    assert method.plugin == "classy-plugin"
+
+
+def test_registering_later_recollects(registry):
+    registry.register(plugin_of(make_method("one")), name="p1")
+    assert list(registry.methods) == ["one"]
+    registry.register(plugin_of(make_method("two")), name="p2")
+    assert list(registry.methods) == ["one", "two"]
+    registry.unregister("p1")
+    assert list(registry.methods) == ["two"]
+
+
+def test_unknown_method_lists_available(registry):
+    registry.register(plugin_of(make_method("known")), name="p")
+    with pytest.raises(MethodNotFoundError) as info:
+        registry.method("unknown")
+    assert "unknown" in str(info.value)
+    assert "known" in str(info.value)
+
+
+def test_empty_registry_has_nothing():
+    registry = Registry(autoload=False)
+    assert registry.methods == {}
+    assert registry.models == {}
+    assert registry.adapters == []
+    assert registry.failures == []
+
+
+def test_duplicate_method_name_names_both_plugins(registry):
+    registry.register(plugin_of(make_method("twin")), name="plugin-one")
+    registry.register(plugin_of(make_method("twin")), name="plugin-two")
+    with pytest.raises(PluginError) as info:
+        registry.methods
+    message = str(info.value)
+    assert "twin" in message
+    assert "plugin-one" in message
+    assert "plugin-two" in message
+
+
+class NotAMethod:
+    name = "impostor"
+
+
+class PlainParams:  # not a dataclass
+    batch_size = None
+
+
+@pytest.mark.parametrize(
+    "contribution, reason",
+    [
+        (NotAMethod, "not a cnnviz_core.Method subclass"),
+        ("gradcam", "not a cnnviz_core.Method subclass"),
+        (lambda: make_method("noparams", Params=PlainParams), "must be a dataclass"),
+        (lambda: make_method(""), "no registry name"),
+        (lambda: make_method("badkind", kind="magic"), "kind must be one of"),
+    ],
+)
+def test_invalid_contribution_names_the_plugin(registry, contribution, reason):
+    if callable(contribution) and not isinstance(contribution, type):
+        contribution = contribution()
+    registry.register(plugin_of(contribution), name="broken-plugin")
+    with pytest.raises(PluginError) as info:
+        registry.methods
+    assert "broken-plugin" in str(info.value)
+    assert reason in str(info.value)
+
+
+def test_params_field_without_default_is_refused(registry):
+    @dataclasses.dataclass
+    class Params(AttributionParams):
+        steps: int = 3
+
+    # A dataclass field without a default may only follow defaulted fields in a
+    # subclass via kw_only; build one directly.
+    NoDefault = dataclasses.make_dataclass("NoDefault", [("steps", int, dataclasses.field(kw_only=True))], bases=(Params,))
+    registry.register(plugin_of(make_method("nodefault", Params=NoDefault)), name="strict-plugin")
+    with pytest.raises(PluginError, match="strict-plugin.*needs a default"):
+        registry.methods
+
+
+def test_hook_that_raises_is_a_plugin_error(registry):
+    @hookimpl
+    def cnnviz_methods():
+        raise RuntimeError("boom")
+
+    registry.register(types.SimpleNamespace(cnnviz_methods=cnnviz_methods), name="exploding")
+    with pytest.raises(PluginError, match="exploding.*boom"):
+        registry.methods
+
+
+# -- entry points -------------------------------------------------------------------------
+GOOD_PLUGIN = textwrap.dedent(
+    """
+    import numpy as np
+    from cnnviz_core import AttributionMethod, hookimpl
+    from cnnviz_core.method import Attribution
+
+
+    class EntryPointMethod(AttributionMethod):
+        \"\"\"Loaded through an entry point.\"\"\"
+
+        name = "ep_method"
+
+        def attribute(self, inputs, targets):
+            b, _, h, w = inputs.shape
+            return Attribution(np.zeros((b, h, w), np.float32), np.zeros(b, np.int64), np.zeros(b, np.float32))
+
+
+    @hookimpl
+    def cnnviz_methods():
+        return [EntryPointMethod]
+    """
+)
+
+BROKEN_PLUGIN = textwrap.dedent(
+    """
+    raise ImportError("needs the missing_dependency package")
+    """
+)
+
+
+@pytest.fixture
+def fake_entry_points(tmp_path, monkeypatch):
+    (tmp_path / "cnnviz_test_good_plugin.py").write_text(GOOD_PLUGIN)
+    (tmp_path / "cnnviz_test_broken_plugin.py").write_text(BROKEN_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [
+        importlib.metadata.EntryPoint("broken", "cnnviz_test_broken_plugin", ENTRY_POINT_GROUP),
+        importlib.metadata.EntryPoint("good", "cnnviz_test_good_plugin", ENTRY_POINT_GROUP),
+    ]
+    requested = []
+
+    def entry_points(**kwargs):
+        requested.append(kwargs)
+        return [p for p in points if p.group == kwargs.get("group")]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    yield requested
+    import sys
+
+    for module in ("cnnviz_test_good_plugin", "cnnviz_test_broken_plugin"):
+        sys.modules.pop(module, None)
+
+
+def test_failing_entry_point_is_recorded_and_others_load(fake_entry_points, monkeypatch):
+    monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
+    registry = Registry()
+    assert fake_entry_points == [{"group": ENTRY_POINT_GROUP}]
+    assert len(registry.failures) == 1
+    failure = registry.failures[0]
+    assert failure.name == "broken"
+    assert failure.value == "cnnviz_test_broken_plugin"
+    assert failure.error == "ImportError: needs the missing_dependency package"
+    assert "Traceback" in failure.details
+    assert list(registry.methods) == ["ep_method"]
+    assert registry.methods["ep_method"].plugin == "good"
+    infos = {info.name: info for info in registry.plugins()}
+    assert set(infos) == {"good"}
+    assert infos["good"].methods == ("ep_method",)
+
+
+def test_autoload_disabled_by_environment(fake_entry_points, monkeypatch):
+    monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
+    registry = Registry()
+    assert fake_entry_points == []
+    assert registry.methods == {}
+    assert registry.failures == []
+    assert registry.manager.list_name_plugin() == []
+
+
+def test_autoload_disabled_loads_nothing_from_real_install(monkeypatch):
+    monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
+    registry = Registry()
+    assert registry.methods == {}
+    assert registry.models == {}
+    # Explicit autoload overrides the environment.
+    assert "gradcam" in Registry(autoload=True).methods
+
+
+def test_entry_point_loaded_twice_is_not_registered_twice(fake_entry_points):
+    registry = Registry(autoload=False)
+    registry.load_entry_points()
+    registry.load_entry_points()
+    assert list(registry.methods) == ["ep_method"]
+    assert [name for name, _ in registry.manager.list_name_plugin()] == ["good"]
+
+
+def test_real_installed_registry(monkeypatch):
+    monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
+    registry = Registry()
+    assert registry.failures == [], [f.error for f in registry.failures]
+    assert {"gradcam", "occlusion"} <= set(registry.methods)
+    assert "efficientnet_lite0" in registry.models
+    assert registry.methods["gradcam"].plugin == "gradcam"
+    assert len(registry.adapters) >= 2
+    assert all(issubclass(a, cnnviz_core.ModelAdapter) for a in registry.adapters)
+
+
+# -- Method.make_params ----------------------------------------------------------------
+@dataclasses.dataclass
+class StrideParams(AttributionParams):
+    stride: int = param(4, "pixels between windows", minimum=1)
+    mode: str = param("fast", "how", choices=("fast", "exact"))
+
+
+StrideMethod = make_method("stride_method", Params=StrideParams)
+
+
+def test_make_params_defaults_and_values():
+    params = StrideMethod.make_params()
+    assert (params.stride, params.mode, params.score, params.batch_size) == (4, "fast", "logit", None)
+    params = StrideMethod.make_params(stride=2, mode="exact", score="prob", batch_size=3)
+    assert (params.stride, params.mode, params.score, params.batch_size) == (2, "exact", "prob", 3)
+
+
+def test_make_params_unknown_parameter_lists_known_ones():
+    with pytest.raises(InputError) as info:
+        StrideMethod.make_params(strides=2)
+    message = str(info.value)
+    assert "stride_method" in message
+    assert "strides" in message
+    for known in ("batch_size", "score", "stride", "mode"):
+        assert known in message
+
+
+def test_make_params_value_outside_choices():
+    with pytest.raises(InputError) as info:
+        StrideMethod.make_params(mode="slow")
+    assert "--mode" in str(info.value)
+    assert "fast, exact" in str(info.value)
+    assert "'slow'" in str(info.value)
+    with pytest.raises(InputError, match="--score"):
+        StrideMethod.make_params(score="softmax")
+
+
+@pytest.mark.parametrize("values", [{"stride": 0}, {"stride": -3}, {"batch_size": 0}])
+def test_make_params_value_below_minimum(values):
+    (name, value), = values.items()
+    with pytest.raises(InputError) as info:
+        StrideMethod.make_params(**values)
+    assert f"--{name.replace('_', '-')}" in str(info.value)
+    assert "at least 1" in str(info.value)
+
+
+def test_check_params_hook_runs():
+    def check_params(cls, params):
+        if params.stride > 10:
+            raise InputError("stride too large")
+
+    Checked = make_method("checked", Params=StrideParams, check_params=classmethod(check_params))
+    assert Checked.make_params(stride=10).stride == 10
+    with pytest.raises(InputError, match="too large"):
+        Checked.make_params(stride=11)

@@ -1,0 +1,304 @@
+"""Device choice, batched execution with out-of-memory back-off, and progress."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from cnnviz_core.devices import DeviceInfo, DeviceInventory
+from cnnviz_core.errors import InputError, OutOfMemoryError
+from cnnviz_core.progress import Progress
+from cnnviz_core.scheduler import Scheduler, is_out_of_memory
+
+GiB = 1 << 30
+
+
+def two_gpus() -> DeviceInventory:
+    return DeviceInventory(
+        (
+            DeviceInfo("cuda:0", 16 * GiB, 2 * GiB),
+            DeviceInfo("cuda:1", 16 * GiB, 12 * GiB),
+            DeviceInfo("cpu"),
+        )
+    )
+
+
+def cpu_only() -> DeviceInventory:
+    return DeviceInventory((DeviceInfo("cpu"),))
+
+
+class FakeOOM(Exception):
+    """Stands in for a CUDA out-of-memory error on a machine without a GPU."""
+
+
+def fake_oom_check(error: BaseException) -> bool:
+    return isinstance(error, FakeOOM)
+
+
+def make_scheduler(**kwargs) -> Scheduler:
+    kwargs.setdefault("inventory", cpu_only())
+    kwargs.setdefault("progress", False)
+    return Scheduler(device=kwargs.pop("device", "auto"), **kwargs)
+
+
+# -- devices -----------------------------------------------------------------
+def test_auto_picks_cuda_device_with_most_free_memory():
+    assert two_gpus().choose("auto").name == "cuda:1"
+    assert two_gpus().choose(None).name == "cuda:1"
+
+
+def test_auto_prefers_most_free_even_when_listed_first():
+    inventory = DeviceInventory(
+        (DeviceInfo("cuda:0", 8 * GiB, 7 * GiB), DeviceInfo("cuda:1", 80 * GiB, 1 * GiB), DeviceInfo("cpu"))
+    )
+    assert inventory.choose("auto").name == "cuda:0"
+
+
+def test_plain_cuda_means_cuda0():
+    chosen = two_gpus().choose("cuda")
+    assert chosen.name == "cuda:0"
+    assert chosen.is_cuda
+
+
+def test_explicit_devices_are_honoured():
+    assert two_gpus().choose("cuda:1").name == "cuda:1"
+    assert two_gpus().choose(" CPU ").name == "cpu"
+    assert not two_gpus().choose("cpu").is_cuda
+
+
+def test_missing_cuda_device_names_available_devices():
+    with pytest.raises(InputError) as info:
+        two_gpus().choose("cuda:5")
+    message = str(info.value)
+    assert "cuda:5" in message
+    for name in ("cuda:0", "cuda:1", "cpu"):
+        assert name in message
+
+
+def test_cuda_request_on_cpu_only_inventory_is_an_input_error():
+    with pytest.raises(InputError, match="cpu"):
+        cpu_only().choose("cuda")
+
+
+def test_cpu_only_inventory_auto_is_cpu():
+    chosen = cpu_only().choose("auto")
+    assert chosen.name == "cpu"
+    assert not chosen.is_cuda
+
+
+def test_scheduler_uses_injected_inventory():
+    scheduler = Scheduler(device="auto", inventory=two_gpus(), progress=False)
+    assert scheduler.device_name == "cuda:1"
+
+
+def test_detect_always_lists_the_cpu_last():
+    inventory = DeviceInventory.detect()
+    assert inventory.devices[-1].name == "cpu"
+    assert all(d.is_cuda for d in inventory.devices[:-1])
+
+
+# -- map_batches ---------------------------------------------------------------
+@pytest.mark.parametrize("total,batch_size", [(10, 3), (7, 7), (5, 100), (1, 1), (9, 1)])
+def test_outputs_in_order_and_each_index_once(total, batch_size):
+    seen: list[int] = []
+
+    def work(start, stop):
+        seen.extend(range(start, stop))
+        return list(range(start, stop))
+
+    outputs = make_scheduler().map_batches(work, total, batch_size)
+    flat = [i for part in outputs for i in part]
+    assert flat == list(range(total))
+    assert sorted(seen) == list(range(total))
+    assert all(len(part) <= batch_size for part in outputs)
+
+
+def test_zero_total_calls_nothing():
+    calls = []
+    assert make_scheduler().map_batches(lambda a, b: calls.append((a, b)), 0, 4) == []
+    assert calls == []
+
+
+def test_oom_backoff_halves_until_it_fits_and_keeps_smaller_size():
+    limit = 3  # batches larger than this "run out of memory"
+    calls: list[tuple[int, int]] = []
+
+    def work(start, stop):
+        calls.append((start, stop))
+        if stop - start > limit:
+            raise FakeOOM("simulated CUDA out of memory")
+        return list(range(start, stop))
+
+    scheduler = make_scheduler(oom_check=fake_oom_check)
+    outputs = scheduler.map_batches(work, 20, 16)
+    assert [i for part in outputs for i in part] == list(range(20))
+    # 16 and 8 and 4 were abandoned; 2 fits and stays for the rest of the run.
+    assert scheduler.backoffs == [16, 8, 4]
+    successful = [(a, b) for a, b in calls if b - a <= limit]
+    assert all(b - a == 2 for a, b in successful)
+    assert successful[0] == (0, 2)
+    # Never grows back after backing off.
+    sizes_after_fit = [b - a for a, b in calls[calls.index((0, 2)):]]
+    assert max(sizes_after_fit) == 2
+
+
+def test_oom_backoff_rounds_down_on_odd_sizes():
+    def work(start, stop):
+        if stop - start > 2:
+            raise FakeOOM()
+        return stop - start
+
+    scheduler = make_scheduler(oom_check=fake_oom_check)
+    outputs = scheduler.map_batches(work, 7, 7)
+    assert scheduler.backoffs == [7, 3]
+    assert sum(outputs) == 7
+    assert outputs == [1, 1, 1, 1, 1, 1, 1]
+
+
+def test_oom_at_batch_size_one_raises_out_of_memory_error():
+    def work(start, stop):
+        raise FakeOOM("always out of memory")
+
+    scheduler = make_scheduler(oom_check=fake_oom_check)
+    with pytest.raises(OutOfMemoryError) as info:
+        scheduler.map_batches(work, 4, 4)
+    assert isinstance(info.value.__cause__, FakeOOM)
+    assert "batch of 1" in str(info.value)
+    assert "cpu" in str(info.value)
+    assert scheduler.backoffs == [4, 2]
+
+
+def test_non_oom_error_propagates_unchanged():
+    original = ValueError("a real bug in the method")
+
+    def work(start, stop):
+        raise original
+
+    scheduler = make_scheduler(oom_check=fake_oom_check)
+    with pytest.raises(ValueError) as info:
+        scheduler.map_batches(work, 8, 4)
+    assert info.value is original
+    assert scheduler.backoffs == []
+
+
+def test_on_batch_called_once_per_batch_in_order():
+    reports = []
+
+    def work(start, stop):
+        return f"out{start}-{stop}"
+
+    outputs = make_scheduler().map_batches(work, 7, 3, on_batch=lambda a, b, out: reports.append((a, b, out)))
+    assert reports == [(0, 3, "out0-3"), (3, 6, "out3-6"), (6, 7, "out6-7")]
+    assert outputs == ["out0-3", "out3-6", "out6-7"]
+
+
+def test_on_batch_not_called_for_abandoned_batches():
+    reports = []
+
+    def work(start, stop):
+        if stop - start > 2:
+            raise FakeOOM()
+        return (start, stop)
+
+    make_scheduler(oom_check=fake_oom_check).map_batches(
+        work, 4, 4, on_batch=lambda a, b, out: reports.append((a, b, out))
+    )
+    assert reports == [(0, 2, (0, 2)), (2, 4, (2, 4))]
+
+
+def test_nested_map_batches_cover_everything():
+    scheduler = make_scheduler()
+
+    def outer(start, stop):
+        return scheduler.map_batches(lambda a, b: [(start, i) for i in range(a, b)], 3, 2)
+
+    outputs = scheduler.map_batches(outer, 4, 3)
+    flat = [pair for part in outputs for inner in part for pair in inner]
+    assert flat == [(0, 0), (0, 1), (0, 2), (3, 0), (3, 1), (3, 2)]
+    # Afterwards a fresh top-level run still works.
+    assert scheduler.map_batches(lambda a, b: b - a, 5, 2) == [2, 2, 1]
+
+
+def test_default_oom_check_backs_off_on_memory_error():
+    def work(start, stop):
+        if stop - start > 1:
+            raise MemoryError()
+        return start
+
+    scheduler = make_scheduler()
+    assert scheduler.map_batches(work, 3, 2) == [0, 1, 2]
+    assert scheduler.backoffs == [2]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"),
+    ],
+)
+def test_is_out_of_memory_recognises_oom(error):
+    assert is_out_of_memory(error) is True
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("out of memory"),
+        RuntimeError("shape mismatch"),
+        OutOfMemoryError("already final"),
+        KeyError("x"),
+    ],
+)
+def test_is_out_of_memory_rejects_other_errors(error):
+    assert is_out_of_memory(error) is False
+
+
+def test_is_out_of_memory_recognises_torch_oom_class():
+    import torch
+
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA error")) is True
+
+
+# -- progress ---------------------------------------------------------------------
+def test_progress_with_zero_delay_prints_a_bar():
+    stream = io.StringIO()
+    progress = Progress(4, "occlusion", delay=0, stream=stream)
+    for _ in range(4):
+        progress.update(1)
+    progress.close()
+    text = stream.getvalue()
+    assert "occlusion" in text
+    assert "[" + "#" * 30 + "]" in text  # full bar at the end
+    assert "#" * 31 not in text
+    assert text.count("\r") == 4  # redrawn once per update
+    assert text.endswith("\n")
+
+
+def test_progress_default_delay_is_silent_on_fast_loop():
+    stream = io.StringIO()
+    progress = Progress(100, "fast", stream=stream)
+    for _ in range(100):
+        progress.update(1)
+    progress.close()
+    assert stream.getvalue() == ""
+    assert progress.done == 100
+
+
+def test_progress_disabled_prints_nothing_even_with_zero_delay():
+    stream = io.StringIO()
+    progress = Progress(3, "off", enabled=False, delay=0, stream=stream)
+    progress.update(3)
+    progress.close()
+    assert stream.getvalue() == ""
+
+
+def test_progress_never_counts_past_total():
+    stream = io.StringIO()
+    progress = Progress(2, delay=0, stream=stream)
+    progress.update(5)
+    assert progress.done == 2
+    assert "[" + "#" * 30 + "]" in stream.getvalue()
+    assert "#" * 31 not in stream.getvalue()
