@@ -166,7 +166,10 @@ COMMANDS = {"methods": cmd_methods, "models": cmd_models, "plugins": cmd_plugins
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
+            return int(exit_request.code or 0)
         return COMMANDS[args.command](args)
     except CnnvizError as error:
         message = " ".join(str(error).split())

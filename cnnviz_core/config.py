@@ -38,7 +38,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_timm(cls, pretrained_cfg: dict[str, Any]) -> "PreprocessConfig":
-        size = pretrained_cfg.get("test_input_size") or pretrained_cfg.get("input_size", (3, 224, 224))
+        size = pretrained_cfg.get("input_size", (3, 224, 224))  # timm resolves input_size, not test size
         return cls(
             input_size=tuple(size[-2:]),
             mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
