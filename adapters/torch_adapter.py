@@ -15,7 +15,7 @@ from cnnviz_core.capabilities import Capability
 from cnnviz_core.config import PreprocessConfig
 from cnnviz_core.errors import InputError, LayerNotFoundError, ModelLoadError
 
-from .hooks import eval_mode, forward_hooks
+from .hooks import capture_outputs, eval_mode, forward_hooks
 
 TIMM_PREFIX = "timm:"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -111,6 +111,13 @@ class TorchAdapter(ModelAdapter):
                 raise LayerNotFoundError("<a spatial feature layer>", self.layers())
             self._default_layer = finished[-1]
         return self._default_layer
+
+    def layer_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
+        """Each named layer's output shape for one input (batch dimension 1)."""
+        modules = {name: self.get_layer(name) for name in names}
+        with capture_outputs(modules) as outputs, self.session(), torch.inference_mode():
+            self.module(self.tensor(self._dummy()))
+        return {name: tuple(outputs[name].shape) for name in names if isinstance(outputs.get(name), torch.Tensor)}
 
     def weights(self) -> dict[str, np.ndarray]:
         return {name: p.detach().cpu().numpy() for name, p in self.module.named_parameters()}

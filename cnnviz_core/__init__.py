@@ -21,6 +21,7 @@ from .errors import (
     LayerNotFoundError,
     MethodError,
     MethodNotFoundError,
+    MethodWarning,
     ModelLoadError,
     OutOfMemoryError,
     PluginError,
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Attribution", "AttributionMethod", "AttributionParams", "AttributionResult", "Capability",
     "CapabilityError", "CnnvizError", "ImageLoadError", "InputError", "LayerNotFoundError",
-    "Method", "MethodError", "MethodNotFoundError", "MethodParams", "ModelAdapter", "ModelEntry",
+    "Method", "MethodError", "MethodNotFoundError", "MethodWarning", "MethodParams", "ModelAdapter", "ModelEntry",
     "ModelLoadError", "OutOfMemoryError", "PluginError", "PreprocessConfig", "Scheduler", "Target",
     "TargetError", "check_capabilities", "get_registry", "hookimpl", "load_model", "methods",
     "missing_capabilities", "models", "param", "parse_target", "reset_registry", "run",

@@ -43,7 +43,8 @@ def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto") 
             continue
         started = time.perf_counter()
         try:
-            result = api.run(method_name, adapter, inputs, None, scheduler=scheduler, **method_class.demo_params)
+            target = method_class.demo_target(adapter, inputs)
+            result = api.run(method_name, adapter, inputs, target, scheduler=scheduler, **method_class.demo_params)
         except CnnvizError as error:
             failures[method_name] = str(error)
             continue

@@ -78,3 +78,8 @@ class MethodError(CnnvizError):
 
 class OutOfMemoryError(CnnvizError, MemoryError):
     """Out of memory even at batch size 1."""
+
+
+class MethodWarning(UserWarning):
+    """A method ran, but not exactly as asked (for example guided backprop on a
+    model with nonlinearities it cannot guide). The message says what happened."""

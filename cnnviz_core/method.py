@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from .capabilities import Capability
-from .errors import InputError, MethodError
+from .errors import InputError, MethodError, TargetError
 from .results import AttributionResult
 from .scheduler import Scheduler
 from .targets import Target
@@ -70,11 +70,19 @@ class Method:
     # Settings for `cnnviz demo`: quick but faithful.
     demo_params: ClassVar[dict[str, Any]] = {}
     plugin: ClassVar[str] = ""  # set by the registry: which plugin contributed it
+    # What a target names for this method: "class" (index, label, top1) or
+    # "neuron" (layer:channel[@y,x]); conformance tests and the demo pick theirs by it.
+    explains: ClassVar[str] = "class"
 
     def __init__(self, adapter, params=None, scheduler: Scheduler | None = None):
         self.adapter = adapter
         self.params = params if params is not None else self.make_params()
         self.scheduler = scheduler or Scheduler(device=getattr(adapter, "device", "cpu"), progress=False)
+
+    @classmethod
+    def demo_target(cls, adapter, inputs: np.ndarray):
+        """The target `cnnviz demo` uses; None means each image's top-1 class."""
+        return None
 
     @classmethod
     def summary(cls) -> str:
@@ -126,6 +134,13 @@ class AttributionMethod(Method):
         """Checks and preparation done once before any batch (layer names,
         model structure); errors raised here leave nothing written."""
 
+    def check_targets(self, targets: list[Target]) -> None:
+        """Refuse targets this method cannot explain, before any batch runs.
+        By default a method explains classes, not neurons."""
+        for target in targets:
+            if target.kind == "neuron":
+                raise TargetError(f"{self.name} explains a class; the neuron target {target.describe()} needs a neuron method")
+
     def attribute(self, inputs: np.ndarray, targets: list[Target]) -> Attribution:
         raise NotImplementedError
 
@@ -147,6 +162,7 @@ class AttributionMethod(Method):
 
         with self.adapter.session():
             self.setup()
+            self.check_targets(targets)
             parts = self.scheduler.map_batches(work, len(inputs), self.batch_size(), on_batch=report, desc=self.name)
         return self._result(parts, inputs, targets, names)
 

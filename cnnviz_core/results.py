@@ -43,6 +43,8 @@ class AttributionResult:
 
     def label(self, index: int) -> str:
         cls = int(self.classes[index])
+        if cls < 0:  # a neuron target, not a class
+            return self.targets[index].describe()
         if self.labels is not None and cls < len(self.labels):
             return f"{cls} {self.labels[cls]}"
         return str(cls)
@@ -112,8 +114,9 @@ class AttributionResult:
             "inputs": self.names,
             "targets": [t.describe(self.labels) for t in self.targets],
             "explained": [
-                {"input": n, "class": int(c), "label": self.labels[int(c)] if self.labels is not None else None, "score": float(s)}
-                for n, c, s in zip(self.names, self.classes, self.scores)
+                {"input": n, "class": int(c), "label": self.labels[int(c)] if self.labels is not None and c >= 0 else None,
+                 "target": t.describe(self.labels), "score": float(s)}
+                for n, c, s, t in zip(self.names, self.classes, self.scores, self.targets)
             ],
             "arrays": {"maps": list(self.maps.shape), **({"images": list(self.images.shape)} if self.images is not None else {})},
             "metadata": self.metadata,

@@ -44,6 +44,14 @@ def _quick_params(method_class) -> dict:
     return params
 
 
+def _targets(method_class, adapter):
+    """A class and top-1 for class methods; two units of the default layer for neuron methods."""
+    if method_class.explains == "neuron":
+        layer = adapter.default_layer()
+        return [f"{layer}:1", f"{layer}:2@3,4"]
+    return [1, "top1"]
+
+
 def test_registry_lists_every_builtin_method():
     assert {"gradcam", "occlusion"} <= set(LIVE.methods)
     assert not LIVE.failures
@@ -58,11 +66,14 @@ def test_method_runs_and_leaves_model_untouched(name, kind, small_onnx_path, sma
         before = state_copy(module)
         flags = [p.requires_grad for p in module.parameters()]
     method_class = LIVE.methods[name]
-    result = cnnviz_core.run(name, adapter, small_inputs, target=[1, "top1"], **_quick_params(method_class))
+    result = cnnviz_core.run(name, adapter, small_inputs, target=_targets(method_class, adapter), **_quick_params(method_class))
 
     assert result.maps.shape == (2, 32, 32) and result.maps.dtype == np.float32
     assert np.isfinite(result.maps).all()
-    assert result.classes[0] == 1 and result.classes[1] == int(np.argmax(adapter.logits(small_inputs)[1]))
+    if method_class.explains == "class":
+        assert result.classes[0] == 1 and result.classes[1] == int(np.argmax(adapter.logits(small_inputs)[1]))
+    else:
+        assert list(result.classes) == [-1, -1]
     if result.images is not None:
         assert result.images.shape == (2, 3, 32, 32)
     if module is not None:
@@ -87,7 +98,7 @@ def test_method_restores_model_after_an_error(name, kind, small_inputs):
     before = state_copy(module)
     module.fail = True
     with pytest.raises(RuntimeError, match="injected failure"):
-        cnnviz_core.run(name, adapter, small_inputs, target=1, **_quick_params(LIVE.methods[name]))
+        cnnviz_core.run(name, adapter, small_inputs, target=_targets(LIVE.methods[name], adapter), **_quick_params(LIVE.methods[name]))
     assert hook_total(module) == 0
     assert states_equal(before, state_copy(module))
     assert module.training and all(m.training for m in module.modules())

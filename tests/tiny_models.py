@@ -64,3 +64,31 @@ class SmallConvNet(nn.Module):
         if self.fail:
             raise RuntimeError("injected failure after the feature layers")
         return self.fc(self.pool(features).flatten(1))
+
+
+class TwoLayerNet(nn.Module):
+    """1x1 conv (3→2) picking (r, g) → activation → 1x1 conv (2→2) → spatial sum.
+
+    logit_c = Σ_pixels Σ_k W2[c, k] · act(z_k), z = (r, g). Gradients through it
+    are written out by hand in the tests."""
+
+    W2 = ((1.0, -1.0), (-2.0, 3.0))
+
+    def __init__(self, activation: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 2, 1, bias=False)
+        self.act = activation if activation is not None else nn.ReLU()
+        self.conv2 = nn.Conv2d(2, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))
+            self.conv2.weight.copy_(torch.tensor(self.W2).view(2, 2, 1, 1))
+
+    def forward(self, x):
+        return self.conv2(self.act(self.conv1(x))).sum(dim=(2, 3))
+
+
+class FunctionalReluNet(TwoLayerNet):
+    """The same network with the ReLU called functionally: it cannot be guided."""
+
+    def forward(self, x):
+        return self.conv2(torch.nn.functional.relu(self.conv1(x))).sum(dim=(2, 3))

@@ -1,0 +1,20 @@
+"""Deconvnet (Zeiler & Fergus 2014) as a cnnviz plugin."""
+
+from cnnviz_core import hookimpl
+
+from .backward_rules import backward_rule
+from .gradient_base import InputGradient
+
+
+class Deconvnet(InputGradient):
+    """Deconvnet: through every ReLU-like module pass the ReLU of the gradient, whatever the forward input was."""
+
+    name = "deconvnet"
+
+    def rule_context(self):
+        return backward_rule(self.adapter.module, "deconvnet", self.name)
+
+
+@hookimpl
+def cnnviz_methods():
+    return [Deconvnet]

@@ -1,0 +1,20 @@
+"""Guided backpropagation (Springenberg et al. 2015) as a cnnviz plugin."""
+
+from cnnviz_core import hookimpl
+
+from .backward_rules import backward_rule
+from .gradient_base import InputGradient
+
+
+class GuidedBackprop(InputGradient):
+    """Guided backprop: through every ReLU-like module pass only positive gradients where the input was positive."""
+
+    name = "guided_backprop"
+
+    def rule_context(self):
+        return backward_rule(self.adapter.module, "guided", self.name)
+
+
+@hookimpl
+def cnnviz_methods():
+    return [GuidedBackprop]
