@@ -28,5 +28,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Benchmark-only packages (Captum, pytorch-grad-cam) go into .venv here, never
+# into the project's dependencies.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
+	$(PY) benchmarks/bench_gradcam.py
+	$(PY) benchmarks/bench_occlusion.py
+
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info

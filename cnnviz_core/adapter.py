@@ -85,6 +85,20 @@ class ModelAdapter(abc.ABC):
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) normalized float32 → (B, classes) float32 logits."""
 
+    def activations(self, inputs: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The outputs of the named layers for a batch, by name, as numpy arrays
+        (capability ``activations``). A name is one of :meth:`layers`; an ONNX
+        adapter also takes a tensor name. Unknown names raise LayerNotFoundError."""
+        return self.logits_and_activations(inputs, names)[1]
+
+    def logits_and_activations(self, inputs: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The logits and the named layers' outputs from one forward pass."""
+        raise NotImplementedError(f"the {self.kind or type(self).__name__} adapter does not expose activations")
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The model's parameters (ONNX: initializers) by name (capability ``weights``)."""
+        raise NotImplementedError(f"the {self.kind or type(self).__name__} adapter does not expose weights")
+
     def scores(self, inputs: np.ndarray, classes: np.ndarray, score: str = "logit") -> np.ndarray:
         """The score of one class per input (logit or softmax probability)."""
         return select_scores(self.logits(inputs), classes, score)

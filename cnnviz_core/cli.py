@@ -135,7 +135,7 @@ def cmd_run(args) -> int:
     written: list[str] = []
     result = api.run(args.method, adapter, args.image, args.target, scheduler=scheduler,
                      on_batch=lambda part, offset: written.extend(part.save_items(out)), **params)
-    written += result.save(out, items=False)
+    written = result.save(out, items=False, already_written=written)
     print(f"{args.method}: wrote {len(written)} files to {out}")
     for i, name in enumerate(result.names):
         print(f"  {name}: explained {result.label(i)} (score {float(result.scores[i]):.4g})")

@@ -9,9 +9,6 @@ import typing
 
 from .method import param_fields, param_types
 
-# Flags every `cnnviz run` has; a method parameter may not reuse them.
-RESERVED = {"model", "image", "target", "device", "out", "weights", "quiet"}
-
 
 def _base_type(annotation):
     origin = typing.get_origin(annotation)
@@ -31,8 +28,6 @@ def add_param_flags(parser: argparse.ArgumentParser, params_class) -> list[str]:
     hints = param_types(params_class)
     added = []
     for field in param_fields(params_class):
-        if field.name in RESERVED:
-            continue
         kind = _base_type(hints.get(field.name, str))
         default = field.default
         help_text = field.metadata.get("help", "")

@@ -35,7 +35,7 @@ def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto") 
     names = list(photos)
     logits = adapter.logits(inputs)
     registry = get_registry()
-    rows: dict[str, dict[str, str]] = {name: {} for name in names}
+    rows: dict[str, dict[str, list[str]]] = {name: {} for name in names}
     timings: dict[str, float] = {}
     failures: dict[str, str] = {}
     for method_name, method_class in registry.methods.items():
@@ -51,8 +51,9 @@ def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto") 
         timings[method_name] = time.perf_counter() - started
         result.names = names
         result.save(out)
-        for name in names:
-            rows[name][method_name] = f"{name}.{method_name}.overlay.png"
+        for i, name in enumerate(names):
+            # gradient methods show the paper's RGB gradient image beside the heatmap overlay
+            rows[name][method_name] = [f"{name}.{method_name}.{kind}.png" for kind in result.renderings(i) if kind != "heatmap"]
     for name, photo in zip(names, adapter.display_images(inputs)):
         atomic.write_bytes(os.path.join(out, f"{name}.input.png"), _png(photo))
     index = os.path.join(out, "index.html")
@@ -81,7 +82,9 @@ def _page(adapter, names, logits, rows, timings, failures) -> str:
     head = "".join(f"<th>{html.escape(m)}<br><small>{timings[m]:.2f} s</small></th>" for m in methods)
     body = []
     for i, name in enumerate(names):
-        cells = "".join(f"<td><img src='{html.escape(rows[name][m])}' width=224></td>" for m in methods)
+        cells = "".join(
+            "<td>" + "<br>".join(f"<img src='{html.escape(f)}' width=224>" for f in rows[name][m]) + "</td>" for m in methods
+        )
         body.append(
             f"<tr><td><img src='{name}.input.png' width=224><br><b>{html.escape(name)}</b><br>"
             f"<small>{_top5(adapter, logits[i])}</small></td>{cells}</tr>"

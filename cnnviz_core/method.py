@@ -23,6 +23,8 @@ from .scheduler import Scheduler
 from .targets import Target
 
 KINDS = ("attribution", "synthesis", "analysis")
+# Flags every `cnnviz run` has; a method parameter may not take these names.
+RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method"})
 
 
 def param(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None):
@@ -196,5 +198,10 @@ def check_method_class(cls) -> None:
     if not dataclasses.is_dataclass(cls.Params):
         raise ValueError(f"{cls.__name__}.Params must be a dataclass")
     for field in param_fields(cls.Params):
+        if field.name in RESERVED_PARAMS:
+            raise ValueError(
+                f"{cls.__name__}.Params.{field.name}: {field.name!r} is reserved for `cnnviz run`'s own flags "
+                f"({', '.join(sorted(RESERVED_PARAMS))}); rename it"
+            )
         if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ValueError(f"{cls.__name__}.Params.{field.name} needs a default")

@@ -49,6 +49,7 @@ class Registry:
         self.manager.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self._distribution: dict[str, str] = {}
+        self._entry_values: dict[str, str] = {}  # entry-point name → "module:attr" it loaded
         self._methods: dict[str, type[Method]] | None = None
         self._adapters: list[type[ModelAdapter]] | None = None
         self._models: dict[str, ModelEntry] | None = None
@@ -62,6 +63,13 @@ class Registry:
         for entry_point in importlib.metadata.entry_points(group=group):
             distribution = entry_point.dist.name if entry_point.dist is not None else "?"
             if self.manager.has_plugin(entry_point.name):
+                owner = self._distribution.get(entry_point.name, "?")
+                if self._entry_values.get(entry_point.name) != entry_point.value:
+                    self.failures.append(PluginFailure(
+                        entry_point.name, distribution, entry_point.value,
+                        f"entry-point name {entry_point.name!r} is already taken by distribution {owner!r}; "
+                        "rename the entry point (prefix it with your distribution's name)", "",
+                    ))
                 continue
             try:
                 plugin = entry_point.load()
@@ -74,6 +82,7 @@ class Registry:
                 )
                 continue
             self.register(plugin, entry_point.name, distribution)
+            self._entry_values[entry_point.name] = entry_point.value
 
     def register(self, plugin: Any, name: str | None = None, distribution: str = "") -> str:
         name = name or getattr(plugin, "__name__", None) or repr(plugin)

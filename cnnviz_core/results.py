@@ -89,11 +89,15 @@ class AttributionResult:
             written.append(f"{stem}.map.npy")
         return written
 
-    def save(self, folder: str | os.PathLike, items: bool = True) -> list[str]:
+    def save(self, folder: str | os.PathLike, items: bool = True, already_written: list[str] | None = None) -> list[str]:
         """Write PNG renderings, the raw arrays (.npy) and a JSON record.
-        Every file is written atomically."""
+        Every file is written atomically. ``items=False`` skips the per-input
+        files when they were written as batches finished (listed in
+        ``already_written`` so the record names them)."""
         os.makedirs(folder, exist_ok=True)
-        written = self.save_items(folder) if items else []
+        written = list(already_written or [])
+        if items:
+            written += self.save_items(folder)
         arrays = {"maps": self.maps, "classes": self.classes, "scores": self.scores, **self.extras}
         if self.images is not None:
             arrays["images"] = self.images

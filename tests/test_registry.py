@@ -317,3 +317,35 @@ def test_check_params_hook_runs():
     assert Checked.make_params(stride=10).stride == 10
     with pytest.raises(InputError, match="too large"):
         Checked.make_params(stride=11)
+
+
+def test_entry_point_name_clash_is_reported(fake_entry_points, tmp_path, monkeypatch):
+    """A second entry point under a name already taken is recorded as a
+    failure instead of vanishing; the first one keeps working."""
+    (tmp_path / "cnnviz_test_impostor_plugin.py").write_text(GOOD_PLUGIN.replace("ep_method", "impostor_method"))
+    original = importlib.metadata.entry_points
+    clash = importlib.metadata.EntryPoint("good", "cnnviz_test_impostor_plugin", ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [*original(**kw), clash])
+    registry = Registry(autoload=False)
+    registry.load_entry_points()
+    assert list(registry.methods) == ["ep_method"]
+    clashes = [f for f in registry.failures if f.value == "cnnviz_test_impostor_plugin"]
+    assert len(clashes) == 1 and "already taken" in clashes[0].error
+
+
+def test_reserved_parameter_names_are_refused():
+    import dataclasses
+
+    from cnnviz_core import AttributionMethod, AttributionParams, param
+    from cnnviz_core.method import check_method_class
+
+    @dataclasses.dataclass
+    class ClashingParams(AttributionParams):
+        out: str = param("x", "collides with cnnviz run --out")
+
+    class Clashing(AttributionMethod):
+        name = "clashing"
+        Params = ClashingParams
+
+    with pytest.raises(ValueError, match="reserved"):
+        check_method_class(Clashing)
