@@ -30,7 +30,7 @@ def add_param_flags(parser: argparse.ArgumentParser, params_class) -> list[str]:
     for field in param_fields(params_class):
         kind = _base_type(hints.get(field.name, str))
         default = field.default
-        help_text = field.metadata.get("help", "")
+        help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         choices = field.metadata.get("choices")
         shown = "" if default is None else f" (default: {default})"
         if kind is bool:

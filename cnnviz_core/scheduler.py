@@ -55,6 +55,10 @@ class Scheduler:
         # Nested map_batches calls (a method batching windows inside an image
         # batch) feed one progress bar: (bar, start, stop) of the outer batches.
         self._frames: list[tuple[Progress, int, int]] = []
+        # A batch size that ran out of memory stays reduced for later calls of
+        # the same kind (keyed by desc and requested size), so each image of a
+        # run does not fail again before shrinking.
+        self._learned: dict[tuple[str, int], int] = {}
 
     @property
     def device_name(self) -> str:
@@ -73,7 +77,8 @@ class Scheduler:
         the smaller size is kept for the rest of the run."""
         if total <= 0:
             return []
-        batch_size = max(1, min(int(batch_size), total))
+        key = (desc, int(batch_size))
+        batch_size = max(1, min(int(batch_size), self._learned.get(key, int(batch_size)), total))
         outputs: list[T] = []
         outer = self._frames[-1] if self._frames else None
         progress = Progress(total, desc, enabled=self.progress and outer is None)
@@ -95,6 +100,7 @@ class Scheduler:
                         ) from error
                     self.backoffs.append(batch_size)
                     batch_size = max(1, batch_size // 2)
+                    self._learned[key] = batch_size
                     continue
                 finally:
                     self._frames.pop()

@@ -302,3 +302,23 @@ def test_progress_never_counts_past_total():
     assert progress.done == 2
     assert "[" + "#" * 30 + "]" in stream.getvalue()
     assert "#" * 31 not in stream.getvalue()
+
+
+def test_backoff_is_remembered_across_calls_of_the_same_kind():
+    class FakeOOM(Exception):
+        pass
+
+    scheduler = Scheduler(device="cpu", inventory=DeviceInventory((DeviceInfo("cpu"),)),
+                          oom_check=lambda e: isinstance(e, FakeOOM), progress=False)
+    sizes = []
+
+    def work(start, stop):
+        sizes.append(stop - start)
+        if stop - start > 4:
+            raise FakeOOM()
+        return stop - start
+
+    scheduler.map_batches(work, 16, 16, desc="windows")
+    sizes.clear()
+    scheduler.map_batches(work, 16, 16, desc="windows")
+    assert sizes == [4, 4, 4, 4]  # no failed attempt the second time
