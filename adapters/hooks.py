@@ -24,13 +24,18 @@ def forward_hooks(modules: dict[str, nn.Module], make_hook: Callable[[str], Call
 
 
 @contextlib.contextmanager
-def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each module's (last) output by name."""
+def capture_outputs(modules: dict[str, nn.Module], protect: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each module's (last) output by name. With ``protect`` the rest of
+    the forward gets a clone, so an in-place op after the layer (ReLU(inplace=True))
+    cannot change the recorded value or the gradient taken through it."""
     outputs: dict[str, torch.Tensor] = {}
 
     def make_hook(name):
         def hook(_module, _inputs, output):
             outputs[name] = output
+            if protect and isinstance(output, torch.Tensor):
+                return output.clone()
+            return None
 
         return hook
 

@@ -1,5 +1,6 @@
 """ONNX adapter: any .onnx file through onnxruntime. Gradient free: it offers
-forward passes (and, in later work, exposed intermediate tensors)."""
+forward passes, intermediate tensors (exposed as extra graph outputs of a
+modified copy of the model) and the initializers as weights."""
 
 from __future__ import annotations
 
@@ -47,13 +48,15 @@ def providers_for(device: str) -> list:
 
 class OnnxAdapter(ModelAdapter):
     kind = "onnx"
-    capabilities = frozenset({Capability.FORWARD})
+    capabilities = frozenset({Capability.FORWARD, Capability.ACTIVATIONS, Capability.WEIGHTS})
+    max_cached_sessions = 4  # sessions with extra outputs kept, one per set of tensors
 
     def __init__(self, path: str, config: PreprocessConfig, labels: Sequence[str] | None = None, name: str | None = None):
         super().__init__(name or os.path.basename(path), config, labels)
         self.path = path
         self._session = None
         self._graph = None
+        self._exposed: dict[tuple[str, ...], Any] = {}  # extra output names → session
         self.device = "cpu"
 
     # -- loading -----------------------------------------------------------
@@ -86,17 +89,23 @@ class OnnxAdapter(ModelAdapter):
             adapter.to(device)
         return adapter
 
-    def _open(self) -> None:
+    def _new_session(self, model):
+        """An InferenceSession on a path or serialized model bytes, on this
+        adapter's device, with the adapter's options."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: no provider warnings on CPU machines
         try:
-            self._session = onnxruntime.InferenceSession(self.path, sess_options=options, providers=providers_for(self.device))
+            return onnxruntime.InferenceSession(model, sess_options=options, providers=providers_for(self.device))
         except InputError:
             raise
         except Exception as error:
             raise ModelLoadError(f"onnxruntime cannot load {self.path}: {str(error).splitlines()[0][:300]}") from None
+
+    def _open(self) -> None:
+        self._session = self._new_session(self.path)
+        self._exposed.clear()  # sessions with extra outputs are rebuilt on the new device
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ModelLoadError(f"{self.path} has {len(inputs)} inputs; cnnviz needs one image input (B, 3, H, W)")
@@ -177,6 +186,63 @@ class OnnxAdapter(ModelAdapter):
     def _run(self, inputs: np.ndarray) -> np.ndarray:
         (output,) = self._session.run([self._output_name], {self._input.name: inputs})
         return np.asarray(output, dtype=np.float32).reshape(len(inputs), -1)
+
+    # -- intermediate tensors and weights ------------------------------------
+    def tensor_name(self, name: str) -> str:
+        """A layer name (a node, meaning its first output) or a tensor name →
+        the tensor's name; LayerNotFoundError for anything else."""
+        graph = self.graph()
+        for node in graph.node:
+            if node.name and node.name == name and node.output:
+                return node.output[0]
+        tensors = {output for node in graph.node for output in node.output if output}
+        if name in tensors or name in {o.name for o in graph.output}:
+            return name
+        raise LayerNotFoundError(name, self.layers())
+
+    def logits_and_activations(self, inputs: np.ndarray, names) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits and the named tensors from one run of the graph, keyed by the
+        names as given. A graph fixed at batch 1 is looped, as in :meth:`logits`."""
+        tensors = {name: self.tensor_name(name) for name in names}
+        wanted = sorted(set(tensors.values()) - {self._output_name})
+        session = self._exposing(tuple(wanted))
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        fixed = self.fixed_batch
+        if fixed is not None and fixed != len(inputs):
+            if fixed != 1:
+                raise InputError(f"{self.path} has a fixed batch of {fixed}; export it with a dynamic batch")
+            runs = [session.run([self._output_name, *wanted], {self._input.name: inputs[i : i + 1]}) for i in range(len(inputs))]
+            outputs = [np.concatenate(parts) for parts in zip(*runs)]
+        else:
+            outputs = session.run([self._output_name, *wanted], {self._input.name: inputs})
+        logits = np.asarray(outputs[0], dtype=np.float32).reshape(len(inputs), -1)
+        by_tensor = {self._output_name: np.asarray(outputs[0]), **dict(zip(wanted, outputs[1:]))}
+        return logits, {name: np.asarray(by_tensor[tensor]) for name, tensor in tensors.items()}
+
+    def _exposing(self, tensors: tuple[str, ...]):
+        """A session on a copy of the model with ``tensors`` added as graph
+        outputs; built once per set of tensors and kept (a few at most)."""
+        if not tensors:
+            return self._session
+        if tensors not in self._exposed:
+            import onnx
+
+            model = onnx.load(self.path)  # external data, if any, read from beside the file
+            present = {o.name for o in model.graph.output}
+            model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in present)
+            session = self._new_session(model.SerializeToString())
+            while len(self._exposed) >= self.max_cached_sessions:
+                self._exposed.pop(next(iter(self._exposed)))
+            self._exposed[tensors] = session
+        return self._exposed[tensors]
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The graph's initializers by name, as numpy arrays."""
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(self.path)
+        return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
 
 
 def _read_sidecar(path: str) -> dict:

@@ -135,6 +135,22 @@ class TorchAdapter(ModelAdapter):
         with self.session(), torch.inference_mode():
             return self.module(self.tensor(inputs)).float().cpu().numpy()
 
+    def logits_and_activations(self, inputs: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits and the named modules' outputs from one forward pass. Each
+        output is copied when its module returns, so an in-place op later in
+        the forward (``ReLU(inplace=True)``) does not change what is returned."""
+        modules = {name: self.get_layer(name) for name in names}
+        with capture_outputs(modules, protect=True) as captured, self.session(), torch.inference_mode():
+            logits = self.module(self.tensor(inputs))
+        arrays = {}
+        for name in modules:
+            output = captured.get(name)
+            if not isinstance(output, torch.Tensor):
+                what = "did not run in the forward pass" if name not in captured else f"returns {type(output).__name__}, not a tensor"
+                raise InputError(f"layer {name!r} {what}")
+            arrays[name] = output.float().cpu().numpy()
+        return logits.float().cpu().numpy(), arrays
+
     @contextlib.contextmanager
     def session(self):
         with eval_mode(self.module):

@@ -75,7 +75,7 @@ class InputGradient(AttributionMethod):
         module = self.adapter.module
         layers = {t.layer for t in targets if t.kind == "neuron"}
         hooked = {name: self.adapter.get_layer(name) for name in layers}
-        with frozen_parameters(module), torch.enable_grad(), self.rule_context(), capture_outputs(hooked) as outputs:
+        with frozen_parameters(module), torch.enable_grad(), self.rule_context(), capture_outputs(hooked, protect=True) as outputs:
             x = self.adapter.tensor(inputs).requires_grad_(True)
             logits = module(x)
             classes = np.array([-1 if t.kind == "neuron" else 0 for t in targets], dtype=np.int64)

@@ -34,7 +34,7 @@ def test_onnx_export_agrees_with_torch_within_1e4(lite0, lite0_onnx, photos):
     onnx_model = cnnviz_core.load_model(lite0_onnx)
     assert isinstance(onnx_model, OnnxAdapter)
     assert onnx_model.config == lite0.config and onnx_model.labels == lite0.labels  # from the sidecar
-    assert onnx_model.capabilities == frozenset({Capability.FORWARD})
+    assert onnx_model.capabilities == frozenset({Capability.FORWARD, Capability.ACTIVATIONS, Capability.WEIGHTS})
     inputs, _ = onnx_model.prepare([photos["chelsea"], photos["coffee"], photos["astronaut"]])
     np.testing.assert_allclose(onnx_model.logits(inputs), lite0.logits(inputs), atol=1e-4)
     assert onnx_model.num_classes == 1000

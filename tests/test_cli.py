@@ -105,6 +105,7 @@ def test_methods_lists_capabilities_per_model(capsys, lite0_onnx):
     lines = {line.split()[0]: line for line in stdout.splitlines()}
     assert "missing:" in lines["gradcam"] and "gradients" in lines["gradcam"].split("missing:")[1]
     assert "runs" in lines["occlusion"]
+    assert "runs" in lines["cam"]  # activations + weights: the ONNX adapter has both
 
 
 def test_models_plugins_and_layers(capsys):

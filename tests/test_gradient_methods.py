@@ -166,3 +166,11 @@ def test_pretrained_guided_backprop_differs_from_plain_gradient_and_peaks_on_cat
 
     # both concentrate on the cat; guided backprop far more sharply (≈27× vs ≈3× measured)
     assert contrast(plain.maps[1]) > 2 and contrast(guided.maps[1]) > 4 * contrast(plain.maps[1])
+
+
+def test_neuron_target_before_an_inplace_relu_explains_the_pre_activation():
+    """conv1's unit g is read before the in-place ReLU: its gradient is 1 on
+    every pixel's green channel, even where the ReLU later zeroes it."""
+    result = run("neuron_gradient", TwoLayerNet(nn.ReLU(inplace=True)), target="conv1:1")
+    np.testing.assert_allclose(result.images, image_from({p: (0, 1, 0) for p in "ABCD"}), atol=1e-6)
+    assert result.scores[0] == pytest.approx(0.0)  # 1 − 1 + 1 − 1, not the ReLU'd 2
