@@ -36,39 +36,44 @@ _state = threading.local()  # inside one of our guided forwards: not a stray fun
 
 
 def _piecewise(module: nn.Module):
-    """(forward function, local derivative) of a guidable module, never in place."""
+    """(forward function, mask of where the local derivative is non-zero, the
+    derivative's value below zero) of a guidable module, never in place."""
     if isinstance(module, nn.ReLU):
-        return torch.relu, lambda x: (x > 0).to(x.dtype)
+        return torch.relu, (lambda x: x > 0), 0.0
     if isinstance(module, nn.LeakyReLU):
         slope = module.negative_slope
-        return (lambda x: F.leaky_relu(x, slope)), (lambda x: torch.where(x > 0, 1.0, slope).to(x.dtype))
+        return (lambda x: F.leaky_relu(x, slope)), (lambda x: x > 0), slope
     low, high = module.min_val, module.max_val
-    return (lambda x: F.hardtanh(x, low, high)), (lambda x: ((x > low) & (x < high)).to(x.dtype))
+    return (lambda x: F.hardtanh(x, low, high)), (lambda x: (x > low) & (x < high)), 0.0
 
 
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, function, derivative, rule):
-        ctx.derivative, ctx.rule = derivative, rule
-        ctx.save_for_backward(x)
+    def forward(ctx, x, function, active, leak, rule):
+        ctx.rule, ctx.leak = rule, leak
+        # Only the boolean mask is kept for the backward: a quarter of x's memory.
+        ctx.save_for_backward(active(x) if rule == "guided" else x.new_empty(0))
         return function(x)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (x,) = ctx.saved_tensors
-        positive = grad_output.clamp(min=0)
+        positive = grad_output > 0
         if ctx.rule == "deconvnet":  # Zeiler–Fergus: ReLU on the backward signal alone
-            return positive, None, None, None
-        return positive * ctx.derivative(x), None, None, None  # guided: both masks
+            return torch.where(positive, grad_output, 0.0), None, None, None, None
+        (active,) = ctx.saved_tensors  # guided: positive upstream gradient and positive forward input
+        guided = torch.where(positive & active, grad_output, 0.0)
+        if ctx.leak:
+            guided = guided + torch.where(positive & ~active, grad_output * ctx.leak, 0.0)
+        return guided, None, None, None, None
 
 
 def _guided_forward(module: nn.Module, rule: str):
-    function, derivative = _piecewise(module)
+    function, active, leak = _piecewise(module)
 
     def forward(x):
         _state.depth = getattr(_state, "depth", 0) + 1
         try:
-            return _RuleFunction.apply(x, function, derivative, rule)
+            return _RuleFunction.apply(x, function, active, leak, rule)
         finally:
             _state.depth -= 1
 
