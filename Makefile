@@ -33,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	$(PY) benchmarks/bench_gradcam.py
+	$(PY) benchmarks/bench_gradients.py
 	$(PY) benchmarks/bench_occlusion.py
 
 clean:
