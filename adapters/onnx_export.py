@@ -27,7 +27,7 @@ def export_onnx(adapter, path: str | os.PathLike, opset: int = OPSET, dynamic_ba
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     module = adapter.module
-    device = next(module.parameters()).device
+    device = next(module.parameters(), torch.zeros(0)).device  # a parameter-free module runs on the CPU
     dummy = torch.zeros((1, 3, *adapter.config.input_size), device=device)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
