@@ -5,7 +5,6 @@ Exit 0 on success; exit 2 with a one-line message on bad input."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import api

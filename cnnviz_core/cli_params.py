@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import types
 import typing
 
@@ -48,6 +47,3 @@ def collect_params(namespace: argparse.Namespace, names: list[str]) -> dict:
     """The parameters the user actually gave (defaults stay the dataclass's)."""
     return {name: getattr(namespace, name) for name in names if hasattr(namespace, name)}
 
-
-def field_names(params_class) -> list[str]:
-    return [f.name for f in dataclasses.fields(params_class)]

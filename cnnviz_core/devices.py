@@ -6,7 +6,6 @@ machine does not have."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from .errors import InputError
 
@@ -62,6 +61,3 @@ class DeviceInventory:
     def get(self, name: str) -> DeviceInfo:
         return next(d for d in self.devices if d.name == name)
 
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -2,7 +2,6 @@
 
 from cnnviz_core import hookimpl
 
-from .backward_rules import backward_rule
 from .gradient_base import InputGradient
 
 
@@ -10,9 +9,7 @@ class Deconvnet(InputGradient):
     """Deconvnet: through every ReLU-like module pass the ReLU of the gradient, whatever the forward input was."""
 
     name = "deconvnet"
-
-    def rule_context(self):
-        return backward_rule(self.adapter.module, "deconvnet", self.name)
+    rule = "deconvnet"
 
 
 @hookimpl

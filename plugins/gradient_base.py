@@ -21,6 +21,7 @@ from cnnviz_core.errors import TargetError
 from cnnviz_core.targets import Target, resolve_classes
 from cnnviz_adapters.hooks import capture_outputs, frozen_parameters
 
+from .backward_rules import backward_rule
 from .cam_base import class_scores
 
 
@@ -34,10 +35,13 @@ class InputGradient(AttributionMethod):
     Params = GradientParams
     batch_hint = 16
     accepts_neurons = True
+    rule: str | None = None  # a backward rule of backward_rules.RULES ("guided", "deconvnet"), or the plain gradient
 
     def rule_context(self):
-        """A context that modifies the backward pass (guided, deconvnet); none here."""
-        return contextlib.nullcontext()
+        """The backward pass's modification for the duration of one batch."""
+        if self.rule is None:
+            return contextlib.nullcontext()
+        return backward_rule(self.adapter.module, self.rule, self.name)
 
     def maps_from(self, gradients: np.ndarray, inputs: np.ndarray) -> np.ndarray:
         """Simonyan et al.'s map: max over colour channels of |gradient|."""

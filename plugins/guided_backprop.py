@@ -2,7 +2,6 @@
 
 from cnnviz_core import hookimpl
 
-from .backward_rules import backward_rule
 from .gradient_base import InputGradient
 
 
@@ -10,9 +9,7 @@ class GuidedBackprop(InputGradient):
     """Guided backprop: through every ReLU-like module pass only positive gradients where the input was positive."""
 
     name = "guided_backprop"
-
-    def rule_context(self):
-        return backward_rule(self.adapter.module, "guided", self.name)
+    rule = "guided"
 
 
 @hookimpl

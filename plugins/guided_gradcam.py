@@ -7,7 +7,6 @@ import numpy as np
 from cnnviz_core import Attribution, Capability, hookimpl
 from cnnviz_core.targets import Target
 
-from .backward_rules import backward_rule
 from .cam_base import CAMParams
 from .gradcam import GradCAM
 from .gradient_base import InputGradient
@@ -20,13 +19,11 @@ class GuidedGradCAM(InputGradient):
     requires = frozenset({Capability.GRADIENTS, Capability.ACTIVATIONS})
     Params = CAMParams
     accepts_neurons = False
+    rule = "guided"
 
     def setup(self) -> None:
         self.gradcam = GradCAM(self.adapter, GradCAM.make_params(layer=self.params.layer, score=self.params.score), self.scheduler)
         self.gradcam.setup()
-
-    def rule_context(self):
-        return backward_rule(self.adapter.module, "guided", self.name)
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
         cam = self.gradcam.attribute(inputs, targets)
