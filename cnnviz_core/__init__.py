@@ -10,9 +10,11 @@ Public API::
 """
 
 from .adapter import ModelAdapter, ModelEntry
-from .api import check_capabilities, load_model, methods, missing_capabilities, models, run
+from .analysis import Analysis, AnalysisMethod, AnalysisParams
+from .api import analyze, check_capabilities, load_model, methods, missing_capabilities, models, run
 from .capabilities import Capability
 from .config import PreprocessConfig
+from .dataset import Dataset, DatasetBatch
 from .errors import (
     CapabilityError,
     CnnvizError,
@@ -31,12 +33,17 @@ from .hookspecs import hookimpl
 from .method import Attribution, AttributionMethod, AttributionParams, Method, MethodParams, param
 from .registry import get_registry, reset_registry
 from .results import AttributionResult
+from .results_analysis import AnalysisResult
+from .results_synthesis import SynthesisResult
 from .scheduler import Scheduler
+from .synthesis import Synthesis, SynthesisMethod, SynthesisParams
 from .targets import Target, parse_target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Analysis", "AnalysisMethod", "AnalysisParams", "AnalysisResult", "Dataset", "DatasetBatch",
+    "Synthesis", "SynthesisMethod", "SynthesisParams", "SynthesisResult", "analyze",
     "Attribution", "AttributionMethod", "AttributionParams", "AttributionResult", "Capability",
     "CapabilityError", "CnnvizError", "ImageLoadError", "InputError", "LayerNotFoundError",
     "Method", "MethodError", "MethodNotFoundError", "MethodWarning", "MethodParams", "ModelAdapter", "ModelEntry",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .adapter import ModelAdapter
 from .errors import CapabilityError, InputError, ModelLoadError
@@ -65,25 +65,86 @@ def check_capabilities(method_class: type[Method], adapter: ModelAdapter) -> Non
 def run(
     method: str,
     model: Any,
-    inputs: Any,
+    inputs: Any = None,
     target: Any = None,
     *,
     device: str | None = None,
     scheduler: Scheduler | None = None,
     on_batch: Callable | None = None,
+    keep_best: Callable | None = None,
+    out: str | os.PathLike | None = None,
     **params,
 ):
     """Run a registered method on a model.
 
-    ``inputs``: paths, PIL images, or a preprocessed (B, 3, H, W) array/tensor.
-    ``target``: a class index, a label name, ``"top1"`` (default), a neuron
-    ``"layer:channel[@y,x]"``, or one of those per input.
+    Attribution methods: ``inputs`` are paths, PIL images, or a preprocessed
+    (B, 3, H, W) array/tensor; ``target`` a class index, a label name,
+    ``"top1"`` (default), a neuron ``"layer:channel[@y,x]"``, or one per input.
+
+    Synthesis methods: ``inputs`` (for those that start from an image) are
+    paths, PIL images, or a (B, 3, H, W) array of pixels in [0, 1]; ``target``
+    is what to make (one item per target for methods that need no image).
+    ``keep_best(index, image, objective, step)`` receives each item's best
+    image so far while the run goes.
+
+    Analysis methods: ``inputs`` is the dataset (a folder, a list of paths, or
+    an iterable of images or (image, label) pairs); with ``out`` the pass can
+    resume after an interruption. See :func:`analyze` for several at once.
+
     ``params``: the method's parameters (see ``cnnviz run METHOD --help``).
     Everything is checked before any work: capabilities, parameters, targets,
     layer names.
     """
     method_class = get_registry().method(method)
     adapter = load_model(model)
+    instance = _instance(method_class, adapter, params, device, scheduler)
+    if method_class.kind == "analysis":
+        if target is not None:
+            raise InputError(f"{method} analyses a dataset and takes no target")
+        from .analysis_pass import run_pass
+
+        return run_pass([instance], inputs, out=out)[0]
+    if method_class.kind == "synthesis":
+        from .synthesis_inputs import synthesis_items
+
+        pixels, targets, names = synthesis_items(instance, adapter, inputs, target)
+        return instance.run(pixels, targets, names, keep_best=keep_best)
+    batch, names = adapter.prepare(inputs)
+    targets = parse_targets(target, len(batch), adapter.num_classes, adapter.labels)
+    return instance.run(batch, targets, names=names, on_batch=on_batch)
+
+
+def analyze(
+    methods: Sequence[str] | dict[str, dict[str, Any]],
+    model: Any,
+    dataset: Any = None,
+    *,
+    device: str | None = None,
+    scheduler: Scheduler | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Run several analyses over ONE streaming pass of ``dataset``: each batch
+    is decoded and run through the model once, and the activations are shared.
+    ``methods``: names, or a dict name -> parameters. Returns results by name."""
+    from .analysis_pass import run_pass
+
+    chosen = dict(methods) if isinstance(methods, dict) else {name: {} for name in methods}
+    registry = get_registry()
+    adapter = load_model(model)
+    if scheduler is None:
+        scheduler = Scheduler(device=device or "auto")
+    instances = []
+    for name, params in chosen.items():
+        method_class = registry.method(name)
+        if method_class.kind != "analysis":
+            raise InputError(f"{name} is a {method_class.kind} method; only analyses share a dataset pass")
+        instances.append(_instance(method_class, adapter, params or {}, None, scheduler))
+    results = run_pass(instances, dataset, out=out, resume=resume)
+    return dict(zip(chosen, results))
+
+
+def _instance(method_class: type[Method], adapter: ModelAdapter, params: dict, device, scheduler) -> Method:
     check_capabilities(method_class, adapter)
     method_params = method_class.make_params(**params)
     if scheduler is None:
@@ -91,9 +152,4 @@ def run(
     elif device is not None:
         raise InputError("give either device or scheduler, not both")
     adapter.to(scheduler.device_name)
-    instance = method_class(adapter, method_params, scheduler)
-    if method_class.kind != "attribution":
-        raise InputError(f"method {method!r} is a {method_class.kind} method; run it through its own entry point")
-    batch, names = adapter.prepare(inputs)
-    targets = parse_targets(target, len(batch), adapter.num_classes, adapter.labels)
-    return instance.run(batch, targets, names=names, on_batch=on_batch)
+    return method_class(adapter, method_params, scheduler)

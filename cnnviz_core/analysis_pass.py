@@ -1,0 +1,140 @@
+"""One streaming pass over a dataset that feeds several analyses.
+
+Each batch is decoded once and run through the model once, capturing the union
+of the layers the analyses need; every analysis folds the batch into its own
+bounded state. With an output folder, the analyses' state is saved every few
+seconds so an interrupted run resumes from the last saved batch instead of
+starting over (the checkpoint is keyed by the methods, their parameters, the
+model and the dataset, and removed when the run completes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import atomic
+from .analysis import AnalysisMethod
+from .dataset import Dataset
+from .errors import InputError
+from .progress import Progress
+from .results_analysis import AnalysisResult
+
+CHECKPOINT_FOLDER = ".cnnviz-resume"
+
+
+def run_pass(
+    methods: Sequence[AnalysisMethod],
+    dataset: Any = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = True,
+    checkpoint_interval: float = 10.0,
+) -> list[AnalysisResult]:
+    """Run analyses (all on the same adapter and scheduler) over one pass of
+    ``dataset``; return their results in order."""
+    if not methods:
+        raise InputError("no analysis to run")
+    adapter, scheduler = methods[0].adapter, methods[0].scheduler
+    streaming = [m for m in methods if m.uses_dataset]
+    source = None
+    if streaming:
+        if dataset is None:
+            raise InputError(f"{', '.join(m.name for m in streaming)} read(s) a dataset: give --dataset DIR (a folder of images, "
+                             "class subfolders as labels), or dataset=... (paths or an iterable of images)")
+        source = Dataset.from_spec(dataset)
+    metadata: dict[str, Any] = {}
+    with adapter.session():
+        for method in methods:
+            method.dataset = source
+            method.setup()
+        if streaming:
+            metadata = _stream(streaming, source, out, resume, checkpoint_interval)
+        return [m.result(m.finish(), dict(metadata) if m.uses_dataset else {}) for m in methods]
+
+
+def _stream(methods: Sequence[AnalysisMethod], source: Dataset, out, resume: bool, interval: float) -> dict[str, Any]:
+    adapter, scheduler = methods[0].adapter, methods[0].scheduler
+    layers = list(dict.fromkeys(layer for m in methods for layer in m.layers_needed()))
+    for layer in layers:
+        adapter.check_layer(layer)
+    needs_forward = bool(layers) or any(m.needs_logits for m in methods)
+    batch_size = min(m.batch_size() for m in methods)
+    checkpoint = _checkpoint_path(methods, source, out, batch_size) if out is not None else None
+    start, seen = 0, 0
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        with open(checkpoint, "rb") as handle:
+            saved = pickle.load(handle)
+        for method in methods:
+            method.restore(saved["states"][method.name])
+        start, seen, source.skipped = saved["next_index"], saved["seen"], saved["skipped"]
+    resumed_from = start
+    progress = Progress(source.length or 0, "+".join(m.name for m in methods), enabled=scheduler.progress and bool(source.length))
+    progress.set(start)
+    last_saved = time.perf_counter()
+    next_index = start
+    try:
+        for batch in source.batches(adapter.config, batch_size, start=start):
+            logits, activations = None, {}
+            if needs_forward:
+                logits, activations = _forward(adapter, scheduler, batch.inputs, layers)
+            for method in methods:
+                method.consume(batch, activations, logits)
+            seen += len(batch.inputs)
+            next_index = int(batch.indices[-1]) + 1
+            progress.set(next_index)
+            if checkpoint is not None and time.perf_counter() - last_saved >= interval:
+                _save_checkpoint(checkpoint, methods, next_index, seen, source.skipped)
+                last_saved = time.perf_counter()
+    except BaseException:
+        # keep what was done (the last batches included) so a rerun resumes here
+        if checkpoint is not None and next_index > start:
+            _save_checkpoint(checkpoint, methods, next_index, seen, source.skipped)
+        raise
+    finally:
+        progress.close()
+    if seen == 0:
+        raise InputError(f"no image of the dataset ({source.description}) could be read"
+                         + (f"; first error: {source.skipped[0]['error']}" if source.skipped else ""))
+    if checkpoint is not None and os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    return {"images": seen, "skipped": list(source.skipped), "resumed_from": resumed_from, "dataset": source.description,
+            "class_names": source.class_names}
+
+
+def _forward(adapter, scheduler, inputs: np.ndarray, layers: list[str]):
+    """Logits and activations of one dataset batch; an out-of-memory error
+    halves the sub-batch (the scheduler's back-off)."""
+    def work(start: int, stop: int):
+        if layers:
+            return adapter.logits_and_activations(inputs[start:stop], layers)
+        return adapter.logits(inputs[start:stop]), {}
+
+    parts = scheduler.map_batches(work, len(inputs), len(inputs), desc="analysis-forward")
+    logits = np.concatenate([p[0] for p in parts])
+    activations = {name: np.concatenate([p[1][name] for p in parts]) for name in layers}
+    return logits, activations
+
+
+def _checkpoint_path(methods, source: Dataset, out, batch_size: int) -> str | None:
+    if not source.reiterable:
+        return None  # a one-shot iterator cannot be replayed, so there is nothing to resume
+    key = json.dumps({
+        "methods": [(m.name, dataclasses.asdict(m.params)) for m in methods],
+        "model": {k: v for k, v in methods[0].adapter.describe().items() if k != "device"},
+        "dataset": source.description, "length": source.length, "batch": batch_size,
+    }, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(os.fspath(out), CHECKPOINT_FOLDER, f"{'+'.join(m.name for m in methods)}.{digest}.pkl")
+
+
+def _save_checkpoint(path: str, methods, next_index: int, seen: int, skipped) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    blob = pickle.dumps({"next_index": next_index, "seen": seen, "skipped": list(skipped),
+                         "states": {m.name: m.state() for m in methods}})
+    atomic.write_bytes(path, blob)
