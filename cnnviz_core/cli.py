@@ -5,9 +5,10 @@ Exit 0 on success; exit 2 with a one-line message on bad input."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import api
+from . import api, atomic, render
 from .errors import CnnvizError, InputError
 from .registry import get_registry
 from .scheduler import Scheduler
@@ -25,8 +26,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_params import add_param_flags
-
     parser = _Parser(prog="cnnviz", description="Visualize, understand and explain convolutional networks.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -41,20 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list loaded plugins and those that failed")
     plugins.add_argument("--verbose", action="store_true", help="show the traceback of each failure")
 
-    run = commands.add_parser("run", help="run a method: cnnviz run METHOD --model M --image FILE... --out DIR")
+    run = commands.add_parser("run", help="run a method: cnnviz run METHOD --model M --image FILE... --out DIR "
+                                          "(analyses: cnnviz run A [B ...] --model M --dataset DIR --out DIR)")
     run_methods = run.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=_Parser)
     for name, method_class in get_registry().methods.items():
         sub = run_methods.add_parser(name, help=method_class.summary(), description=method_class.summary())
-        sub.add_argument("--model", required=True, help="a model name, timm:NAME or a path to an .onnx file")
-        sub.add_argument("--weights", help="state dict for a timm:NAME model (.pth or .safetensors)")
-        sub.add_argument("--image", nargs="+", required=True, metavar="FILE", help="input image file(s)")
-        sub.add_argument("--target", nargs="+", metavar="T",
-                         help="class index, label name, top1 (default) or layer:channel[@y,x]; one, or one per image")
-        sub.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
-        sub.add_argument("--out", required=True, help="output folder")
-        sub.add_argument("--quiet", action="store_true", help="no progress bar")
-        sub.set_defaults(param_names=add_param_flags(sub, method_class.Params))
-
+        add_run_flags(sub, [method_class])
     demo = commands.add_parser("demo", help="run every method that applies on sample photos with the built-in model")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--model", default="efficientnet_lite0", help="model to run (default: efficientnet_lite0)")
@@ -65,6 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="path of the .onnx file to write (its sidecar is OUTPUT.json)")
     export.add_argument("--weights", help="state dict for a timm:NAME model")
     return parser
+
+
+def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None:
+    """The flags of `cnnviz run` for one method, or for several analyses that
+    share one dataset pass: common flags by kind, then each method's own."""
+    from .cli_params import add_param_flags
+
+    kinds = {cls.kind for cls in method_classes}
+    parser.add_argument("--model", required=True, help="a model name, timm:NAME or a path to an .onnx file")
+    parser.add_argument("--weights", help="state dict for a timm:NAME model (.pth or .safetensors)")
+    if kinds & {"attribution", "synthesis"}:
+        needs_image = any(cls.kind == "attribution" or getattr(cls, "needs_image", False) for cls in method_classes)
+        if needs_image:
+            parser.add_argument("--image", nargs="+", required=True, metavar="FILE", help="input image file(s)")
+        parser.add_argument("--target", nargs="+", metavar="T", required=not needs_image,
+                            help="class index, label name, top1 (default) or layer:channel[@y,x]; one, or one per image"
+                            if needs_image else "what to make: class index, label name or layer:channel[@y,x]; one item per target")
+    if "analysis" in kinds:
+        if any(getattr(cls, "uses_dataset", False) for cls in method_classes):
+            parser.add_argument("--dataset", required=True, metavar="DIR",
+                                help="folder of images (class subfolders are the labels)")
+        parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="continue an interrupted pass from its checkpoint in --out (default: yes)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    names: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for cls in method_classes:
+        # analyses run together share a flag of the same name (--layer, --batch-size)
+        names[cls.name] = add_param_flags(parser, cls.Params, skip=seen)
+        seen |= set(names[cls.name])
+    parser.set_defaults(param_names=names)
 
 
 def _load(spec: str, weights: str | None = None):
@@ -123,22 +147,93 @@ def cmd_plugins(args) -> int:
 def cmd_run(args) -> int:
     from .cli_params import collect_params
 
+    methods = [args.method] if isinstance(args.method, str) else list(args.method)
+    registry = get_registry()
+    classes = [registry.method(name) for name in methods]
     adapter = _load(args.model, args.weights)
-    method_class = get_registry().method(args.method)
-    api.check_capabilities(method_class, adapter)
-    params = collect_params(args, args.param_names)
+    for method_class in classes:
+        api.check_capabilities(method_class, adapter)
+    params = {name: collect_params(args, args.param_names[name]) for name in methods}
     scheduler = Scheduler(device=args.device, progress=not args.quiet)
+    kind = classes[0].kind
+    if kind == "analysis":
+        return _run_analyses(args, adapter, scheduler, params)
+    if kind == "synthesis":
+        return _run_synthesis(args, adapter, scheduler, params[args.method])
     out = args.out
     # Everything is checked before the first file is written; each batch's
     # files are written (atomically) as soon as the batch finishes.
     written: list[str] = []
     result = api.run(args.method, adapter, args.image, args.target, scheduler=scheduler,
-                     on_batch=lambda part, offset: written.extend(part.save_items(out)), **params)
+                     on_batch=lambda part, offset: written.extend(part.save_items(out)), **params[args.method])
     written = result.save(out, items=False, already_written=written)
     print(f"{args.method}: wrote {len(written)} files to {out}")
     for i, name in enumerate(result.names):
         print(f"  {name}: explained {result.label(i)} (score {float(result.scores[i]):.4g})")
     return 0
+
+
+def _run_synthesis(args, adapter, scheduler, params) -> int:
+    from .synthesis_inputs import synthesis_items
+
+    method_class = get_registry().method(args.method)
+    instance = api._instance(method_class, adapter, params, None, scheduler)
+    pixels, targets, names = synthesis_items(instance, adapter, getattr(args, "image", None), args.target)
+    out = args.out
+
+    def keep_best(index: int, image, objective: float, step: int) -> None:
+        # the best image so far, rewritten atomically while the run goes: an
+        # interrupted run keeps it
+        os.makedirs(out, exist_ok=True)
+        atomic.write_bytes(os.path.join(out, f"{names[index]}.{args.method}.best.png"), render.png_bytes(render.image_to_uint8(image)))
+
+    result = instance.run(pixels, targets, names, keep_best=keep_best)
+    written = result.save(out)
+    print(f"{args.method}: wrote {len(written)} files to {out}")
+    for i, name in enumerate(result.names):
+        final = {k: float(v[i][-1]) for k, v in result.history.items() if v.shape[-1]}
+        facts = ", ".join(f"{k} {v:.4g}" for k, v in final.items())
+        print(f"  {name}: {result.targets[i].describe(adapter.labels)} -> {result.label(i)}; {facts}")
+    return 0
+
+
+def _run_analyses(args, adapter, scheduler, params) -> int:
+    results = api.analyze(params, adapter, getattr(args, "dataset", None), scheduler=scheduler, out=args.out, resume=args.resume)
+    for name, result in results.items():
+        written = result.save(args.out)
+        scalars = {k: v for k, v in result.facts.items() if isinstance(v, (int, float, str, bool))}
+        summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(scalars.items())[:6])
+        print(f"{name}: wrote {len(written)} files to {args.out}" + (f"; {summary}" if summary else ""))
+        skipped = result.metadata.get("skipped") or []
+        if skipped:
+            print(f"  skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]['item']}: {skipped[0]['error']}")
+    return 0
+
+
+def parse_several_analyses(argv: list[str]) -> argparse.Namespace | None:
+    """`cnnviz run A B ... --flags`: several analyses over one dataset pass.
+    Returns None when argv is not of that form (one method: the usual parser)."""
+    if len(argv) < 3 or argv[0] != "run":
+        return None
+    registry = get_registry()
+    names = []
+    for token in argv[1:]:
+        if token.startswith("-") or token not in registry.methods:
+            break
+        names.append(token)
+    if len(names) < 2:
+        return None
+    classes = [registry.method(n) for n in names]
+    not_analyses = [c.name for c in classes if c.kind != "analysis"]
+    if not_analyses:
+        raise InputError(f"only analyses run together over one dataset pass; {', '.join(not_analyses)} must run on its own")
+    if len(set(names)) != len(names):
+        raise InputError("a method is named twice")
+    parser = _Parser(prog=f"cnnviz run {' '.join(names)}", description="several analyses over one pass of the dataset")
+    add_run_flags(parser, classes)
+    args = parser.parse_args(argv[1 + len(names):])
+    args.command, args.method = "run", names
+    return args
 
 
 def cmd_demo(args) -> int:
@@ -166,7 +261,8 @@ COMMANDS = {"methods": cmd_methods, "models": cmd_models, "plugins": cmd_plugins
 def main(argv: list[str] | None = None) -> int:
     try:
         try:
-            args = build_parser().parse_args(argv)
+            argv = sys.argv[1:] if argv is None else list(argv)
+            args = parse_several_analyses(argv) or build_parser().parse_args(argv)
         except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
             return int(exit_request.code or 0)
         return COMMANDS[args.command](args)

@@ -21,12 +21,16 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_param_flags(parser: argparse.ArgumentParser, params_class) -> list[str]:
+def add_param_flags(parser: argparse.ArgumentParser, params_class, skip: set[str] = frozenset()) -> list[str]:
     """Add one flag per parameter, typed, with the parameter's own help; return
-    the parameter names added."""
+    the parameter names. Names in ``skip`` already have a flag (another
+    method's, when several share one run) and are only listed."""
     hints = param_types(params_class)
     added = []
     for field in param_fields(params_class):
+        if field.name in skip:
+            added.append(field.name)
+            continue
         kind = _base_type(hints.get(field.name, str))
         default = field.default
         help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %

@@ -24,7 +24,7 @@ from .targets import Target
 
 KINDS = ("attribution", "synthesis", "analysis")
 # Flags every `cnnviz run` has; a method parameter may not take these names.
-RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method"})
+RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method", "dataset", "resume"})
 
 
 def param(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None):
