@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--model", default="efficientnet_lite0", help="model to run (default: efficientnet_lite0)")
     demo.add_argument("--device", default="auto")
+    demo.add_argument("--only", nargs="+", metavar="METHOD", help="run only these methods")
+    demo.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                      help="also run every method that applies on the model's ONNX export (default: yes)")
 
     export = commands.add_parser("export-onnx", help="export a torch model to ONNX with a preprocessing sidecar")
     export.add_argument("model")
@@ -239,7 +242,7 @@ def parse_several_analyses(argv: list[str]) -> argparse.Namespace | None:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    index = run_demo(args.out, model=args.model, device=args.device)
+    index = run_demo(args.out, model=args.model, device=args.device, only=args.only, onnx=args.onnx)
     print(f"demo written to {index}")
     return 0
 

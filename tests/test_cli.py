@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import cnnviz_core
 import pytest
 
 from cnnviz_core.cli import main
@@ -147,14 +148,23 @@ def test_console_script_is_installed():
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
 
 
-def test_demo_writes_page_with_every_method(capsys, tmp_path, monkeypatch):
-    out = tmp_path / "demo"
-    code, stdout, _ = run_cli(capsys, "demo", "--out", out)
-    assert code == 0 and "index.html" in stdout
-    page = (out / "index.html").read_text()
+def test_demo_plans_every_method_and_runs_each_kind_on_torch_and_onnx(capsys, tmp_path, lite0, lite0_onnx):
+    from cnnviz_core.demo import demo_plan
     from cnnviz_core.registry import get_registry
 
-    for name, method_class in get_registry().methods.items():
-        if method_class.kind == "attribution":
-            assert f"chelsea.{name}.overlay.png" in page and (out / f"coffee.{name}.overlay.png").exists()
-    assert "Egyptian cat" in page and "espresso" in page
+    methods = get_registry().methods
+    plan = demo_plan({"torch": lite0, "onnx": cnnviz_core.load_model(lite0_onnx)})
+    assert {name for name, _ in plan} == set(methods)  # every method appears in the demo
+    assert {("occlusion", "onnx"), ("rise", "onnx")} <= set(plan) and ("gradcam", "onnx") not in plan
+    # running all of them takes minutes: the test runs one quick method of each kind, on both models
+    quick = ["gradcam", "rise"] + [min(n for n, c in methods.items() if c.kind == kind)
+                                    for kind in ("synthesis", "analysis") if any(c.kind == kind for c in methods.values())]
+    out = tmp_path / "demo"
+    code, stdout, _ = run_cli(capsys, "demo", "--out", out, "--only", *quick)
+    assert code == 0 and "index.html" in stdout
+    page = (out / "index.html").read_text()
+    assert "torch/chelsea.gradcam.overlay.png" in page and (out / "torch" / "coffee.gradcam.overlay.png").exists()
+    assert "onnx/chelsea.rise.overlay.png" in page and (out / "onnx" / "coffee.rise.overlay.png").exists()
+    for name in quick[2:]:
+        assert (out / "torch" / f"{name}.json").exists()
+    assert "Egyptian cat" in page and "espresso" in page and "Failed" not in page

@@ -4,6 +4,7 @@ tested here by being registered."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -22,9 +23,9 @@ def _capabilities(kind: str) -> frozenset:
     return next(a for a in LIVE.adapters if a.kind == kind).capabilities
 
 
-def _cases(runs: bool):
+def _cases(runs: bool, kind_of_method: str = "attribution"):
     for name, method_class in LIVE.methods.items():
-        if method_class.kind != "attribution":
+        if method_class.kind != kind_of_method:
             continue
         for kind in ADAPTERS:
             if (set(method_class.requires) <= _capabilities(kind)) == runs:
@@ -35,12 +36,20 @@ def _adapter(kind: str, small_onnx_path):
     return small_torch_adapter() if kind == "torch" else cnnviz_core.load_model(small_onnx_path)
 
 
+# Upper bounds on the demo's settings for a 32-pixel test model: few steps.
+QUICK_LIMITS = {"window": 8, "stride": 8, "steps": 3, "generations": 3, "population": 8, "octaves": 1,
+                "masks": 64, "max_iter": 250}
+
+
 def _quick_params(method_class) -> dict:
-    """The method's demo settings, scaled to a 32-pixel input."""
+    """The method's demo settings, scaled to a 32-pixel input and a few steps."""
     params = dict(method_class.demo_params)
-    for key in ("window", "stride"):
+    names = {f.name for f in dataclasses.fields(method_class.Params)}
+    for key, limit in QUICK_LIMITS.items():
         if key in params:
-            params[key] = min(params[key], 8)
+            params[key] = min(params[key], limit)
+        elif key in names and key in ("steps", "generations"):
+            params[key] = limit
     return params
 
 
@@ -105,7 +114,63 @@ def test_method_restores_model_after_an_error(name, kind, small_inputs):
     assert all(p.requires_grad for p in module.parameters())
 
 
-@pytest.mark.parametrize("name, kind", list(_cases(runs=False)))
+def _untouched(module, before, flags) -> None:
+    assert hook_total(module) == 0
+    assert states_equal(before, state_copy(module))
+    assert module.training and all(m.training for m in module.modules())
+    assert [p.requires_grad for p in module.parameters()] == flags
+    assert all(p.grad is None for p in module.parameters())
+
+
+def _watch(adapter):
+    module = getattr(adapter, "module", None)
+    if module is None:
+        return None, None, None
+    module.train()
+    return module, state_copy(module), [p.requires_grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("name, kind", list(_cases(runs=True, kind_of_method="synthesis")))
+def test_synthesis_method_runs_and_leaves_model_untouched(name, kind, small_onnx_path, tmp_path):
+    adapter = _adapter(kind, small_onnx_path)
+    module, before, flags = _watch(adapter)
+    method_class = LIVE.methods[name]
+    pixels = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
+    inputs = pixels if method_class.needs_image else None
+    demo_target = method_class.demo_target(adapter, adapter.prepare(pixels)[0]) if method_class.needs_image else None
+    target = demo_target if method_class.needs_image else (method_class.demo_target(adapter, None) or [1, 2])
+    result = cnnviz_core.run(name, adapter, inputs, target=target, **_quick_params(method_class))
+
+    count = 2 if method_class.needs_image else len(result.targets)
+    assert result.images.shape == (count, 3, 32, 32) and result.images.dtype == np.float32
+    assert np.isfinite(result.images).all() and result.images.min() >= 0 and result.images.max() <= 1
+    assert result.history["objective"].shape[0] == count and np.isfinite(result.history["objective"]).all()
+    if module is not None:
+        _untouched(module, before, flags)
+    written = result.save(tmp_path)
+    assert all(os.path.exists(f) for f in written)
+    assert json.loads((tmp_path / f"{name}.json").read_text())["kind"] == "synthesis"
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("name, kind", list(_cases(runs=True, kind_of_method="analysis")))
+def test_analysis_method_runs_and_leaves_model_untouched(name, kind, small_onnx_path, tmp_path):
+    adapter = _adapter(kind, small_onnx_path)
+    module, before, flags = _watch(adapter)
+    rng = np.random.default_rng(0)
+    dataset = [(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), i % 4) for i in range(40)]
+    result = cnnviz_core.run(name, adapter, dataset, **_quick_params(LIVE.methods[name]))
+
+    assert result.arrays or result.pictures
+    assert all(np.isfinite(a).all() for a in result.arrays.values() if np.issubdtype(a.dtype, np.floating))
+    if module is not None:
+        _untouched(module, before, flags)
+    written = result.save(tmp_path)
+    assert all(os.path.exists(f) for f in written)
+    assert json.loads((tmp_path / f"{name}.json").read_text())["kind"] == "analysis"
+
+
+@pytest.mark.parametrize("name, kind", [c for k in ("attribution", "synthesis", "analysis") for c in _cases(False, k)])
 def test_method_refused_without_capability(name, kind, small_onnx_path, small_inputs):
     adapter = _adapter(kind, small_onnx_path)
     with pytest.raises(cnnviz_core.CapabilityError) as caught:
