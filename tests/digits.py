@@ -90,7 +90,7 @@ def digits_adapter() -> TorchAdapter:
     return TorchAdapter(trained_digits_net(), "digits_cnn", DIGITS_CONFIG, labels=CLASS_NAMES)
 
 
-def test_accuracy(model: nn.Module) -> float:
+def held_out_accuracy(model: nn.Module) -> float:
     _, _, test_x, test_y = digits_split()
     with torch.no_grad():
         predicted = model(torch.from_numpy(to_inputs(test_x))).argmax(1).numpy()

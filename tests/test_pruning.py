@@ -25,7 +25,7 @@ from cnnviz_plugins.torch_pruning import pruning_mask
 
 from conftest import state_copy, states_equal
 from digits import as_images, digits_adapter, digits_split, write_digits_folder
-from digits import test_accuracy as held_out_accuracy  # aliased: pytest would collect a test_* name
+from digits import held_out_accuracy
 
 SPARSITIES = "0,20,40,60,80,90,95"
 
