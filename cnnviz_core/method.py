@@ -10,6 +10,7 @@ A method is one class with:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from typing import Any, Callable, ClassVar
@@ -80,6 +81,9 @@ class Method:
         self.adapter = adapter
         self.params = params if params is not None else self.make_params()
         self.scheduler = scheduler or Scheduler(device=getattr(adapter, "device", "cpu"), progress=False)
+        # What the method reports about how it ran (runtime chosen, timings...);
+        # copied into the result's metadata.
+        self.metadata: dict[str, Any] = {}
 
     @classmethod
     def demo_target(cls, adapter, inputs: np.ndarray):
@@ -184,6 +188,7 @@ class AttributionMethod(Method):
             scores=np.concatenate([p.scores for p in parts]).astype(np.float32, copy=False),
             extras={k: np.concatenate([p.extras[k] for p in parts]) for k in extras_keys},
             display=self.adapter.display_images(inputs),
+            metadata=copy.deepcopy(self.metadata),
         )
 
 

@@ -1,0 +1,228 @@
+"""Where occlusion's forward passes run. Every runner answers the same call,
+``occluded_logits(image, boxes, fill)``: the logits of the image with each box
+set to the fill, one row per box.
+
+- :class:`BatchedOcclusion` builds the occluded copies in one preallocated
+  buffer (window pixels written with one vectorized index-put; only the
+  previous windows are restored between batches) and runs full forward passes:
+  eager torch under ``inference_mode`` with a channels-last buffer, an
+  onnxruntime session (contiguous buffer), or any adapter's ``logits``.
+- :class:`IncrementalRunner` hands the boxes to an ``IncrementalOcclusion``
+  (Krypton-style incremental inference, ``occlusion_incremental.py``).
+- :func:`probe_runners` times a couple of real batches on each candidate and
+  returns the fastest; the decision is remembered by key for the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class OccludedBatch:
+    """A reusable (capacity, 3, H, W) buffer holding copies of one image with
+    one window each set to the fill. Between calls on the same image only the
+    windows written last time are restored, so a batch costs the window pixels,
+    not a fresh copy of the image per slot."""
+
+    def __init__(self, capacity: int, shape: tuple[int, int, int], device, channels_last: bool):
+        self.channels_last = channels_last
+        self.device = torch.device(device)
+        self._allocate(capacity, shape)
+
+    def _allocate(self, capacity: int, shape) -> None:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.buffer = torch.empty((capacity, *shape), device=self.device, memory_format=memory_format)
+        self._nhwc = self.buffer.permute(0, 2, 3, 1)  # a view: index-puts write into the buffer
+        self._image: torch.Tensor | None = None
+        self._dirty = np.zeros((capacity, 4), dtype=np.int64)  # the box each slot holds
+        self._is_dirty = np.zeros(capacity, dtype=bool)
+
+    def _put(self, slots: np.ndarray, boxes: np.ndarray, source: torch.Tensor) -> None:
+        """Copy ``source`` (3, H, W) into each slot inside its box: one
+        vectorized index-put when the boxes share a size, else one slice each."""
+        if not len(slots):
+            return
+        heights, widths = boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]
+        if (heights == heights[0]).all() and (widths == widths[0]).all():
+            height, width = int(heights[0]), int(widths[0])
+            on = {"device": self.device, "dtype": torch.long}
+            index_slots = torch.as_tensor(slots, **on).view(-1, 1, 1)
+            rows = (torch.as_tensor(boxes[:, 0:1], **on) + torch.arange(height, **on)).view(-1, height, 1)
+            cols = (torch.as_tensor(boxes[:, 2:3], **on) + torch.arange(width, **on)).view(-1, 1, width)
+            self._nhwc[index_slots, rows, cols] = source.permute(1, 2, 0)[rows, cols]
+        else:
+            for slot, (y0, y1, x0, x1) in zip(slots, boxes):
+                self.buffer[slot, :, y0:y1, x0:x1] = source[:, y0:y1, x0:x1]
+
+    def fill(self, image: torch.Tensor, boxes: np.ndarray, fill: torch.Tensor) -> torch.Tensor:
+        """The first len(boxes) slots, each the image with its box set to the fill."""
+        boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        count = len(boxes)
+        if count > self.buffer.shape[0] or tuple(self.buffer.shape[1:]) != tuple(image.shape):
+            self._allocate(max(count, self.buffer.shape[0]), tuple(image.shape))
+        if self._image is not image:  # a new image: copy it into every slot once
+            self.buffer.copy_(image.expand_as(self.buffer))
+            self._image = image
+            self._is_dirty[:] = False
+        else:  # the same image: undo only the windows written before
+            stale = np.flatnonzero(self._is_dirty[:count])
+            self._put(stale, self._dirty[stale], image)
+        self._put(np.arange(count), boxes, fill)
+        self._dirty[:count], self._is_dirty[:count] = boxes, True
+        return self.buffer[:count]
+
+
+class BatchedOcclusion:
+    """Full forward passes over occluded copies built in an :class:`OccludedBatch`."""
+
+    def __init__(self, name: str, forward: Callable[[torch.Tensor], np.ndarray], device="cpu", channels_last: bool = False,
+                 capacity: int = 16, shape: tuple[int, int, int] = (3, 1, 1)):
+        self.name = name
+        self._forward = forward
+        self._batch = OccludedBatch(capacity, shape, device, channels_last)
+        self.device = torch.device(device)
+        self.batch_size = capacity  # occluded copies per forward pass
+
+    def clean_logits(self, images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            layout = torch.channels_last if self._batch.channels_last else torch.contiguous_format
+            return self._forward(images.to(self.device).contiguous(memory_format=layout))
+
+    def occluded_logits(self, image: torch.Tensor, boxes, fill: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self._forward(self._batch.fill(image, boxes, fill))
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "layout": "channels_last" if self._batch.channels_last else "contiguous",
+                "batch_size": self.batch_size}
+
+
+def torch_runner(module: torch.nn.Module, device, shape, capacity: int) -> BatchedOcclusion:
+    """Eager torch, channels-last input (faster NHWC convolutions on CPUs)."""
+
+    def forward(batch: torch.Tensor) -> np.ndarray:
+        return module(batch).float().cpu().numpy()
+
+    return BatchedOcclusion("torch", forward, device, channels_last=True, capacity=capacity, shape=shape)
+
+
+def session_runner(session, shape, capacity: int) -> BatchedOcclusion:
+    """An onnxruntime session fed from a contiguous CPU buffer without a copy."""
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    def forward(batch: torch.Tensor) -> np.ndarray:
+        (logits,) = session.run([output_name], {input_name: batch.cpu().numpy()})
+        return np.asarray(logits, dtype=np.float32).reshape(len(batch), -1)
+
+    return BatchedOcclusion("onnxruntime", forward, "cpu", channels_last=False, capacity=capacity, shape=shape)
+
+
+def adapter_runner(adapter, shape, capacity: int) -> BatchedOcclusion:
+    """Any adapter's own ``logits`` (an ONNX model's session, a third party's runtime)."""
+
+    def forward(batch: torch.Tensor) -> np.ndarray:
+        return np.asarray(adapter.logits(batch.cpu().numpy()), dtype=np.float32)
+
+    return BatchedOcclusion(f"{adapter.kind} adapter", forward, "cpu", channels_last=False, capacity=capacity, shape=shape)
+
+
+class IncrementalRunner:
+    """Occluded logits from an ``IncrementalOcclusion``; clean logits from the
+    full torch runner (incremental inference reuses a clean pass internally)."""
+
+    name = "incremental"
+
+    def __init__(self, incremental, full: BatchedOcclusion, device, batch_size: int):
+        self.incremental = incremental
+        self.full = full
+        self.device = torch.device(device)
+        self.batch_size = batch_size  # windows per call
+
+    def clean_logits(self, images: torch.Tensor) -> np.ndarray:
+        return self.full.clean_logits(images)
+
+    def occluded_logits(self, image: torch.Tensor, boxes, fill: torch.Tensor) -> np.ndarray:
+        box_list = [tuple(int(v) for v in box) for box in np.asarray(boxes, dtype=np.int64).reshape(-1, 4)]
+        with torch.inference_mode():
+            logits = self.incremental.occluded_logits(image, box_list, fill, batch_size=self.batch_size)
+        return torch.as_tensor(logits).float().cpu().numpy()
+
+    def describe(self) -> dict:
+        return {"backend": "incremental", "layout": "channels_last", "batch_size": self.batch_size}
+
+
+# -- choosing the fastest runner ---------------------------------------------
+PROBE_BATCHES = 2  # per candidate; the second is timed (the first pays one-time costs)
+
+
+@dataclasses.dataclass
+class Decision:
+    chosen: str
+    probe_ms_per_window: dict[str, float]  # the timed batch of each candidate
+    how: str  # "probe", "remembered" (an earlier probe in this process), "forced", "only option", "job too small to probe"
+
+    def describe(self) -> dict:
+        return {"chosen": self.chosen, "how": self.how,
+                "probe_ms_per_window": {k: round(v, 3) for k, v in self.probe_ms_per_window.items()}}
+
+
+_decisions: dict[tuple, Decision] = {}
+_decisions_lock = threading.Lock()
+
+
+def remembered(key: tuple) -> Decision | None:
+    with _decisions_lock:
+        decision = _decisions.get(key)
+    return None if decision is None else dataclasses.replace(decision, how="remembered")
+
+
+def remember(key: tuple, decision: Decision) -> None:
+    with _decisions_lock:
+        _decisions[key] = decision
+
+
+def forget_decisions() -> None:
+    """Drop every remembered runtime decision (the next run probes again)."""
+    with _decisions_lock:
+        _decisions.clear()
+
+
+def probe_size(batch_sizes) -> int:
+    """Windows a probe consumes: a couple of full batches per candidate."""
+    return PROBE_BATCHES * sum(batch_sizes)
+
+
+def probe_runners(runners: dict, image: torch.Tensor, boxes: np.ndarray, fill: torch.Tensor,
+                  on_failure: Callable[[str, BaseException], None]) -> tuple[Decision, dict[int, np.ndarray]]:
+    """Run ``PROBE_BATCHES`` real batches of ``boxes`` (each runner's own batch
+    size) on each runner in turn, time the last of each, and pick the fastest
+    per window. Returns the
+    decision and the logits computed on the way (by box index: nothing is
+    wasted). A runner that raises is reported to ``on_failure`` and dropped."""
+    timings: dict[str, float] = {}
+    logits: dict[int, np.ndarray] = {}
+    start = 0
+    for name, runner in runners.items():
+        try:
+            for step in range(PROBE_BATCHES):
+                chunk = boxes[start : start + runner.batch_size]
+                began = time.perf_counter()
+                rows = runner.occluded_logits(image, chunk, fill)
+                elapsed = time.perf_counter() - began
+                for offset, row in enumerate(rows):
+                    logits[start + offset] = row
+                start += len(chunk)
+                if step == PROBE_BATCHES - 1:
+                    timings[name] = 1000 * elapsed / max(1, len(chunk))
+        except Exception as error:  # noqa: BLE001 - a runtime failing at run time is dropped, not fatal
+            on_failure(name, error)
+    if not timings:
+        raise RuntimeError("every occlusion runtime failed during the probe")
+    chosen = min(timings, key=timings.get)
+    return Decision(chosen, timings, "probe"), logits
