@@ -83,5 +83,5 @@ class AnalysisMethod(Method):
             arrays=analysis.arrays,
             pictures=analysis.pictures,
             facts=analysis.facts,
-            metadata=metadata,
+            metadata={**metadata, **self.metadata},
         )

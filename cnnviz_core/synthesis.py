@@ -232,6 +232,7 @@ class SynthesisMethod(Method):
             records=records,
             inputs=images,
             higher_is_better=self.higher_is_better,
+            metadata=dict(self.metadata),
         )
 
 
