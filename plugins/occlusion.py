@@ -23,9 +23,11 @@ from cnnviz_core.adapter import select_scores
 from cnnviz_core.targets import resolve_classes
 
 from .occlusion_fill import make_fill, parse_baseline
-from .occlusion_geometry import WindowGrid, format_pair, parse_pair, spread_to_pixels, window_starts  # noqa: F401 - window_starts is public
+from .occlusion_geometry import WindowGrid, format_pair, parse_pair, spread_to_pixels, window_starts
 from .occlusion_refine import CoarseToFine
 from .occlusion_runtime import RuntimeChoice, incremental_class
+
+__all__ = ["Occlusion", "OcclusionParams", "cnnviz_methods", "window_starts"]
 
 CPU_BATCH = 16  # occluded copies per pass on a CPU: measured best of 8/16/32/64 (benchmarks/bench_occlusion.py)
 GPU_BATCH = 64
@@ -71,7 +73,7 @@ class ImageWork:
 
 
 class Occlusion(AttributionMethod):
-    """Occlusion: the score drop when a sliding window is set to a baseline, averaged per pixel.
+    """Occlusion: the score drop when a sliding window is set to a baseline, per pixel; an image repeated with other targets reuses its passes.
 
     Several classes of one image: give the image once per class with one
     target each (``run("occlusion", m, [img, img], target=[281, 285])``, or
@@ -230,12 +232,11 @@ class Occlusion(AttributionMethod):
             "cells_refined": chosen, "cells": cells,
             "windows_exact": int(exact.sum()), "windows": int(exact.size),
             "exact_fraction": round(float(exact.mean()), 4),
-            # measured only where both are known: the refined windows, which
-            # are the ones with the largest drops; the windows left interpolated
-            # have no exact value to compare with
             "interpolation_error_on_refined_windows": {
                 "max": float(gap.max()) if len(gap) else 0.0, "mean": float(gap.mean()) if len(gap) else 0.0,
                 "windows_compared": int(len(gap)),
+                "what": "|coarse interpolation - exact score drop| on the windows re-run exactly (those with the "
+                        "largest coarse drops); the windows left interpolated have no exact value, their error is not measured",
             },
         })
         return values, clean, exact

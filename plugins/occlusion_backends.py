@@ -39,7 +39,8 @@ class OccludedBatch:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.buffer = torch.empty((capacity, *shape), device=self.device, memory_format=memory_format)
         self._nhwc = self.buffer.permute(0, 2, 3, 1)  # a view: index-puts write into the buffer
-        self._image: torch.Tensor | None = None
+        self._image: torch.Tensor | None = None  # the caller's image and fill, compared by identity
+        self._fill: torch.Tensor | None = None
         self._dirty = np.zeros((capacity, 4), dtype=np.int64)  # the box each slot holds
         self._is_dirty = np.zeros(capacity, dtype=bool)
 
@@ -66,14 +67,16 @@ class OccludedBatch:
         count = len(boxes)
         if count > self.buffer.shape[0] or tuple(self.buffer.shape[1:]) != tuple(image.shape):
             self._allocate(max(count, self.buffer.shape[0]), tuple(image.shape))
-        if self._image is not image:  # a new image: copy it into every slot once
-            self.buffer.copy_(image.expand_as(self.buffer))
-            self._image = image
+        if self._image is not image or self._fill is not fill:  # a new image: copy it into every slot once
+            self._image, self._fill = image, fill
+            # on this buffer's device (an onnxruntime buffer on the CPU for a model on a GPU)
+            self._local = (image.to(self.device), fill.to(self.device))
+            self.buffer.copy_(self._local[0].expand_as(self.buffer))
             self._is_dirty[:] = False
         else:  # the same image: undo only the windows written before
             stale = np.flatnonzero(self._is_dirty[:count])
-            self._put(stale, self._dirty[stale], image)
-        self._put(np.arange(count), boxes, fill)
+            self._put(stale, self._dirty[stale], self._local[0])
+        self._put(np.arange(count), boxes, self._local[1])
         self._dirty[:count], self._is_dirty[:count] = boxes, True
         return self.buffer[:count]
 
@@ -158,13 +161,13 @@ class IncrementalRunner:
 
 
 # -- choosing the fastest runner ---------------------------------------------
-PROBE_BATCHES = 2  # per candidate; the second is timed (the first pays one-time costs)
+PROBE_BATCHES = 2  # batches per candidate; the faster of the two counts (the first pays one-time costs)
 
 
 @dataclasses.dataclass
 class Decision:
     chosen: str
-    probe_ms_per_window: dict[str, float]  # the timed batch of each candidate
+    probe_ms_per_window: dict[str, float]  # each candidate's best probe batch
     how: str  # "probe", "remembered" (an earlier probe in this process), "forced", "only option", "job too small to probe"
 
     def describe(self) -> dict:
@@ -200,28 +203,32 @@ def probe_size(batch_sizes) -> int:
 
 def probe_runners(runners: dict, image: torch.Tensor, boxes: np.ndarray, fill: torch.Tensor,
                   on_failure: Callable[[str, BaseException], None]) -> tuple[Decision, dict[int, np.ndarray]]:
-    """Run ``PROBE_BATCHES`` real batches of ``boxes`` (each runner's own batch
-    size) on each runner in turn, time the last of each, and pick the fastest
-    per window. Returns the
-    decision and the logits computed on the way (by box index: nothing is
-    wasted). A runner that raises is reported to ``on_failure`` and dropped."""
+    """Run ``PROBE_BATCHES`` rounds of real batches of ``boxes`` (each runner's
+    own batch size), the runners taking turns so that a burst of load elsewhere
+    meets them alike, and pick the fastest per window by each runner's best
+    batch (load and first-call costs only ever add time). Returns the decision
+    and the logits computed on the way, by index into ``boxes``: nothing is
+    wasted. A runner that raises is reported to ``on_failure`` and dropped."""
     timings: dict[str, float] = {}
     logits: dict[int, np.ndarray] = {}
+    live = dict(runners)
     start = 0
-    for name, runner in runners.items():
-        try:
-            for step in range(PROBE_BATCHES):
-                chunk = boxes[start : start + runner.batch_size]
+    for _ in range(PROBE_BATCHES):
+        for name, runner in list(live.items()):
+            chunk = boxes[start : start + runner.batch_size]
+            try:
                 began = time.perf_counter()
                 rows = runner.occluded_logits(image, chunk, fill)
                 elapsed = time.perf_counter() - began
-                for offset, row in enumerate(rows):
-                    logits[start + offset] = row
-                start += len(chunk)
-                if step == PROBE_BATCHES - 1:
-                    timings[name] = 1000 * elapsed / max(1, len(chunk))
-        except Exception as error:  # noqa: BLE001 - a runtime failing at run time is dropped, not fatal
-            on_failure(name, error)
+            except Exception as error:  # noqa: BLE001 - a runtime failing at run time is dropped, not fatal
+                on_failure(name, error)
+                live.pop(name)
+                timings.pop(name, None)
+                continue
+            for offset, row in enumerate(rows):
+                logits[start + offset] = row
+            start += len(chunk)
+            timings[name] = min(timings.get(name, float("inf")), 1000 * elapsed / max(1, len(chunk)))
     if not timings:
         raise RuntimeError("every occlusion runtime failed during the probe")
     chosen = min(timings, key=timings.get)

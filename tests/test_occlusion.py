@@ -328,8 +328,8 @@ def test_probe_keeps_every_result_picks_the_fastest_and_drops_a_failing_runner()
     runners = {"slow": Runner(0.004), "broken": Runner(0, fail=True), "fast": Runner(0.0005)}
     decision, rows = probe_runners(runners, None, boxes, None, lambda name, error: failures.append(name))
     assert decision.chosen == "fast" and decision.how == "probe" and failures == ["broken"]
-    assert sorted(rows) == list(range(12))  # 2 batches of 3 on each runner that worked, in order
-    assert rows[0][0] == 0.004 and rows[6][0] == 4 * 6 + 0.0005
+    assert sorted(rows) == list(range(12))  # 2 batches of 3 on each runner that worked, taking turns
+    assert rows[0][0] == 0.004 and rows[3][0] == 4 * 3 + 0.0005 and rows[6][0] == 4 * 6 + 0.004
     assert isinstance(decision, Decision) and decision.probe_ms_per_window["slow"] > decision.probe_ms_per_window["fast"]
 
 
