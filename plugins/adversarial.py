@@ -72,7 +72,8 @@ class Adversarial(SynthesisMethod):
 
     @classmethod
     def demo_target(cls, adapter, inputs):
-        return 9  # "ostrich", as in Szegedy et al.'s figure and the lecture
+        # ImageNet's "ostrich", as in Szegedy et al.'s figure and the lecture; other models: untargeted
+        return 9 if adapter.num_classes == 1000 else "top1"
 
     @classmethod
     def check_params(cls, params) -> None:
