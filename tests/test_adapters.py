@@ -145,3 +145,11 @@ def test_export_sidecar_records_preprocessing(lite0_onnx):
         sidecar = json.load(stream)
     assert sidecar["config"]["interpolation"] == "bicubic" and sidecar["config"]["mean"] == [0.5, 0.5, 0.5]
     assert len(sidecar["labels"]) == 1000 and sidecar["name"] == "efficientnet_lite0"
+
+
+def test_builtin_model_takes_preprocessing_overrides_and_refuses_unknown_options():
+    small = cnnviz_core.load_model("efficientnet_lite0", input_size=(96, 96))
+    assert small.config.input_size == (96, 96) and small.config.mean == (0.5, 0.5, 0.5)
+    assert small.logits(np.zeros((1, 3, 96, 96), np.float32)).shape == (1, 1000)
+    with pytest.raises(cnnviz_core.InputError, match="input_size"):
+        cnnviz_core.load_model("efficientnet_lite0", colour="red")
