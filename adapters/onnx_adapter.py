@@ -141,17 +141,31 @@ class OnnxAdapter(ModelAdapter):
         return [node.name or node.output[0] for node in self.graph().node]
 
     def default_layer(self) -> str:
-        """The last node whose output is a 4-D map with more than one position."""
+        """The last node whose output is a 4-D map with more than one position.
+        Shapes come from ONNX shape inference; where it leaves sizes unknown
+        (padding computed at run time, as in TF-"same" convolutions) they are
+        measured with one dummy forward."""
+        if getattr(self, "_default_layer", None) is None:
+            self._default_layer = self._find_default_layer()
+        return self._default_layer
+
+    def _find_default_layer(self) -> str:
         import onnx
 
         model = onnx.shape_inference.infer_shapes(onnx.load(self.path, load_external_data=False))
         shapes = {}
         for info in model.graph.value_info:
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
-            shapes[info.name] = dims
+            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+        nodes = [node for node in model.graph.node if node.output]
+        unknown = [n.output[0] for n in nodes if n.output[0] not in shapes or
+                   (len(shapes[n.output[0]]) == 4 and None in shapes[n.output[0]][2:])]
+        if unknown:
+            _, measured = self.logits_and_activations(np.zeros((1, 3, *self.config.input_size), np.float32), unknown)
+            shapes.update({name: list(np.shape(value)) for name, value in measured.items()})
+            self._exposed.pop(tuple(sorted(set(unknown) - {self._output_name})), None)  # a one-off session: do not keep it
         last = None
-        for node in model.graph.node:
-            dims = shapes.get(node.output[0]) if node.output else None
+        for node in nodes:
+            dims = shapes.get(node.output[0])
             if dims and len(dims) == 4 and (dims[2] or 0) * (dims[3] or 0) > 1:
                 last = node.name or node.output[0]
         if last is None:

@@ -100,3 +100,13 @@ def test_torch_activations_are_copied_before_in_place_ops(small_inputs):
     outputs = adapter.activations(small_inputs, ["features.1", "features.2"])
     assert outputs["features.1"].min() < 0
     np.testing.assert_array_equal(outputs["features.2"], np.maximum(outputs["features.1"], 0))
+
+
+def test_default_layer_is_measured_where_shape_inference_gives_up(lite0_pair):
+    # lite0's TF-"same" padding is computed at run time, so ONNX shape
+    # inference cannot size the later maps; the adapter measures them instead
+    torch_adapter, onnx_adapter, _ = lite0_pair
+    layer = onnx_adapter.default_layer()
+    maps = onnx_adapter.activations(np.zeros((1, 3, 224, 224), np.float32), [layer])[layer]
+    expected = torch_adapter.activations(np.zeros((1, 3, 224, 224), np.float32), [torch_adapter.default_layer()])
+    assert maps.shape == next(iter(expected.values())).shape == (1, 1280, 7, 7)
