@@ -125,7 +125,7 @@ def test_models_plugins_and_layers(capsys):
 def test_method_help_comes_from_its_parameters(capsys):
     assert main(["run", "occlusion", "--help"]) == 0
     help_text = capsys.readouterr().out
-    assert "--window" in help_text and "side of the square occluding window" in help_text and "(default: 16)" in help_text
+    assert "--window" in help_text and "window size in input pixels" in help_text and "(default: 16)" in help_text
 
 
 def test_export_onnx_writes_model_and_sidecar(capsys, tmp_path):
