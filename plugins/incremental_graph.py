@@ -148,17 +148,18 @@ class Graph:
     def arguments(self, node: fx.Node, value_of) -> tuple[tuple, dict]:
         return fx.node.map_arg((node.args, node.kwargs), value_of)
 
-    def run(self, x: torch.Tensor, keep_inputs: bool = True) -> dict[fx.Node, Any]:
-        """Every node's value for input x. With ``keep_inputs`` an in-place op works
-        on a copy, so that each value stays as it was made (incremental runs read
-        them); safe because :meth:`analyze` refuses graphs where that matters."""
+    def run(self, x: torch.Tensor) -> dict[fx.Node, Any]:
+        """Every node's value for input x. An in-place op works on a copy, so that
+        each value stays as it was made (incremental runs read them); that gives
+        the model's results because :meth:`analyze` marks graphs where it would
+        not as unsafe."""
         values: dict[fx.Node, Any] = {}
         for node in self.nodes:
             if node is self.input_node:
                 values[node] = x
                 continue
             args, kwargs = self.arguments(node, values.__getitem__)
-            if keep_inputs and node in self.info and self.info[node].mutates:
+            if node in self.info and self.info[node].mutates:
                 args, kwargs = fx.node.map_aggregate((args, kwargs), lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
             values[node] = self.call(node, args, kwargs)
         return values

@@ -22,9 +22,9 @@ from torch import fx, nn
 
 from cnnviz_core.errors import InputError, MethodError
 from cnnviz_plugins.incremental_graph import METHOD, Graph, trace
-from cnnviz_plugins.incremental_regions import Region, box_rows, boxes_region, fitted, halo, paste_rows, through_window, union
+from cnnviz_plugins.incremental_regions import Region, box_rows, boxes_region, halo, paste_rows, through_window, union
 
-FULL_ABOVE = 0.5  # recompute whole maps once a window's box covers more than this share of one
+FULL_ABOVE = 0.75  # recompute whole maps once a window's box covers more than this share of one (FLOPs fall up to here; overheads are small)
 BATCH_SIZE = 64  # windows per batch
 DESCRIBED_WINDOW = (16, 16)
 
