@@ -35,6 +35,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_gradcam.py
 	$(PY) benchmarks/bench_gradients.py
 	$(PY) benchmarks/bench_occlusion.py
+	$(PY) benchmarks/bench_incremental.py
+	$(PY) benchmarks/bench_score_cam.py
+	$(PY) benchmarks/bench_synthesis_activation.py
+	$(PY) benchmarks/bench_synthesis_matching.py
+	$(PY) benchmarks/bench_synthesis_attacks.py
+	$(PY) benchmarks/bench_analysis_pass.py
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info
