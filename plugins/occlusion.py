@@ -29,7 +29,11 @@ from .occlusion_runtime import RuntimeChoice, incremental_class
 
 __all__ = ["Occlusion", "OcclusionParams", "cnnviz_methods", "window_starts"]
 
-CPU_BATCH = 16  # occluded copies per pass on a CPU: measured best of 8/16/32/64 (benchmarks/bench_occlusion.py)
+# Occluded copies per pass to start from; a large enough job tunes it on its
+# first real batches (4..64 on a CPU): the best size moved with the load in
+# benchmarks/bench_occlusion.py (16 idle, 32-64 with the cores shared), within
+# 5-15% of each other for torch and onnxruntime on lite0, resnet18 and vgg16.
+CPU_BATCH = 16
 GPU_BATCH = 64
 MEMO_BYTES = 256 * 2**20  # logits kept per image, so that a repeated image with another target costs nothing
 
@@ -53,8 +57,8 @@ class OcclusionParams(AttributionParams):
         None, "adaptive coarse-to-fine: occlude every second position first, then exactly only inside this fraction "
         "(0 < F <= 1) of coarse cells with the largest score drop; elsewhere the grid is interpolated (default: off, exact)")
     batch_size: int | None = param(
-        None, f"occluded copies per forward pass (default {CPU_BATCH} on a CPU, {GPU_BATCH} on a GPU); halved on out-of-memory",
-        minimum=1)
+        None, f"occluded copies per forward pass (default: from {CPU_BATCH} on a CPU, {GPU_BATCH} on a GPU, tuned on the first "
+        "batches of a large job; a size given here is kept); halved on out-of-memory", minimum=1)
 
 
 @dataclasses.dataclass

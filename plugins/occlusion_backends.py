@@ -176,6 +176,7 @@ class Decision:
 
 
 _decisions: dict[tuple, Decision] = {}
+_batch_sizes: dict[tuple, int] = {}  # tuned batch size per decision key and runner
 _decisions_lock = threading.Lock()
 
 
@@ -191,9 +192,20 @@ def remember(key: tuple, decision: Decision) -> None:
 
 
 def forget_decisions() -> None:
-    """Drop every remembered runtime decision (the next run probes again)."""
+    """Drop every remembered runtime decision and batch size (the next run probes again)."""
     with _decisions_lock:
         _decisions.clear()
+        _batch_sizes.clear()
+
+
+def remembered_batch(key: tuple) -> int | None:
+    with _decisions_lock:
+        return _batch_sizes.get(key)
+
+
+def remember_batch(key: tuple, size: int) -> None:
+    with _decisions_lock:
+        _batch_sizes[key] = size
 
 
 def probe_size(batch_sizes) -> int:
@@ -233,3 +245,67 @@ def probe_runners(runners: dict, image: torch.Tensor, boxes: np.ndarray, fill: t
         raise RuntimeError("every occlusion runtime failed during the probe")
     chosen = min(timings, key=timings.get)
     return Decision(chosen, timings, "probe"), logits
+
+
+# -- the batch size -----------------------------------------------------------------
+BATCH_LADDER = {"cpu": (4, 8, 16, 32, 64), "cuda": (16, 32, 64, 128, 256)}
+TUNE_GAIN = 0.95  # a batch size is taken only when at least 5% faster per window
+
+
+@dataclasses.dataclass
+class Tuning:
+    batch_size: int
+    ms_per_window: dict[int, float]  # best of two batches at each size tried
+    complete: bool  # False: the windows ran out before a size was settled
+
+
+def tune_batch(runner, image, boxes: np.ndarray, fill, ladder: tuple[int, ...],
+               known_ms: float | None = None) -> tuple[Tuning, dict[int, np.ndarray]]:
+    """Climb the runner's batch size along ``ladder`` on real batches of
+    ``boxes``: up while a larger batch is faster per window, else down while a
+    smaller one is (load makes larger batches pay off; cache sizes smaller
+    ones). Each size counts its best of two batches (the first at a new size
+    pays the runtime's planning for that shape). ``known_ms``: the current
+    size's per-window time if already measured. Returns the tuning and the
+    logits computed on the way, by index into ``boxes``."""
+    rows: dict[int, np.ndarray] = {}
+    timings: dict[int, float] = {}
+    start = 0
+
+    def timed(size: int) -> float | None:
+        nonlocal start
+        best = float("inf")
+        for _ in range(2):
+            chunk = boxes[start : start + size]
+            if len(chunk) < size:
+                return None
+            began = time.perf_counter()
+            out = runner.occluded_logits(image, chunk, fill)
+            best = min(best, 1000 * (time.perf_counter() - began) / size)
+            for offset, row in enumerate(out):
+                rows[start + offset] = row
+            start += size
+        timings[size] = best
+        return best
+
+    current = runner.batch_size
+    if current not in ladder:
+        return Tuning(current, timings, True), rows
+    best_ms = known_ms if known_ms is not None else timed(current)
+    if best_ms is None:
+        return Tuning(current, timings, False), rows
+    timings[current] = best_ms
+    for step in (1, -1):
+        moved = False
+        index = ladder.index(current)
+        while 0 <= index + step < len(ladder):
+            size = ladder[index + step]
+            ms = timed(size)
+            if ms is None:
+                return Tuning(current, timings, False), rows
+            if ms >= TUNE_GAIN * best_ms:
+                break
+            current, best_ms, index, moved = size, ms, index + step, True
+        if moved:
+            break
+    return Tuning(current, timings, True), rows

@@ -14,6 +14,7 @@ entry, why incremental inference was or was not used."""
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import warnings
 from typing import Callable
@@ -23,15 +24,19 @@ import numpy as np
 from cnnviz_core.errors import InputError, MethodError, MethodWarning
 
 from .occlusion_backends import (
+    BATCH_LADDER,
     Decision,
     IncrementalRunner,
     adapter_runner,
     probe_runners,
     probe_size,
     remember,
+    remember_batch,
     remembered,
+    remembered_batch,
     session_runner,
     torch_runner,
+    tune_batch,
 )
 
 INCREMENTAL_WORTH = 0.5  # auto times incremental inference only below this estimated FLOP fraction
@@ -66,6 +71,9 @@ class RuntimeChoice:
         # auto mode: candidates whose set-up costs (an export, a trace) wait until a probe needs them
         self.pending: dict[str, tuple[int, Callable[[], object | None]]] = {}
         self.decision: Decision | None = None
+        self.tuned = params.batch_size is not None  # a batch size the user gives is kept as it is
+        if self.tuned:
+            self.runtime["batch_tuning"] = {"how": "given"}
         if adapter.kind == "torch":
             self._plan_torch()
         else:
@@ -190,7 +198,12 @@ class RuntimeChoice:
 
         names = tuple(sorted({*self.runners, *self.pending}))
         window = self.window if "incremental" in names else None  # only incremental inference depends on it
-        return (module_digest(self.adapter.module), self.shape, str(self.adapter.device), self.forward_batch, window, names)
+        if self.adapter.kind == "torch":
+            model = module_digest(self.adapter.module)
+        else:  # a model file (ONNX), or whatever else names the model
+            path = getattr(self.adapter, "path", None)
+            model = (self.adapter.kind, os.path.abspath(path), os.path.getmtime(path)) if path else (self.adapter.kind, id(self.adapter))
+        return (model, self.shape, str(self.adapter.device), self.forward_batch, window, names)
 
     def default(self) -> str:
         """What runs before (or without) a probe: torch, else the only runner."""
@@ -204,12 +217,42 @@ class RuntimeChoice:
         return self.runners[name or self.chosen]
 
     def settle(self, image, boxes: np.ndarray, fill) -> dict[int, np.ndarray]:
-        """Decide before these windows run, if not decided yet: reuse a decision
-        remembered in this process, or time a couple of batches of ``boxes`` on
-        each candidate when there are enough of them. Returns the logits the
-        probe computed, by index into ``boxes``."""
-        if self.decision is not None:
+        """Before these windows run: decide the runner if not decided yet, then
+        its batch size if not tuned yet (see :meth:`_decide_runner` and
+        :func:`tune_batch`). Returns the logits computed meanwhile, by index
+        into ``boxes`` from the first: nothing is wasted."""
+        rows = self._decide_runner(image, boxes, fill) if self.decision is None else {}
+        if self.decision is not None and not self.tuned:
+            done = len(rows)
+            tuned = self._tune(image, boxes[done:], fill)
+            rows.update({done + i: row for i, row in tuned.items()})
+        return rows
+
+    def _tune(self, image, boxes: np.ndarray, fill) -> dict[int, np.ndarray]:
+        name = self.decision.chosen
+        runner = self.runners[name]
+        key = (self._key(), name)
+        known = remembered_batch(key)
+        if known is not None:
+            runner.batch_size = known
+            self.tuned = True
+            self.runtime.update(batch_size=runner.batch_size, batch_tuning={"how": "remembered"})
             return {}
+        ladder = BATCH_LADDER["cuda" if str(getattr(runner, "device", "cpu")).startswith("cuda") else "cpu"]
+        tuning, rows = tune_batch(runner, image, boxes, fill, ladder, self.decision.probe_ms_per_window.get(name))
+        runner.batch_size = tuning.batch_size
+        self.tuned = tuning.complete
+        if tuning.complete:
+            remember_batch(key, tuning.batch_size)
+        self.runtime.update(batch_size=runner.batch_size, batch_tuning={
+            "how": "tuned" if tuning.complete else "windows ran out before tuning finished",
+            "ms_per_window": {size: round(ms, 3) for size, ms in sorted(tuning.ms_per_window.items())}})
+        return rows
+
+    def _decide_runner(self, image, boxes: np.ndarray, fill) -> dict[int, np.ndarray]:
+        """Reuse a decision remembered in this process, or time a couple of
+        batches of ``boxes`` on each candidate when there are enough of them.
+        Returns the logits the probe computed, by index into ``boxes``."""
         key = self._key()
         known = remembered(key)
         if known is not None:

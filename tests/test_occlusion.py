@@ -18,7 +18,7 @@ from cnnviz_adapters import onnx_runtime_cache
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.config import PreprocessConfig
 from cnnviz_plugins.occlusion import window_starts
-from cnnviz_plugins.occlusion_backends import Decision, forget_decisions, probe_runners
+from cnnviz_plugins.occlusion_backends import Decision, forget_decisions, probe_runners, tune_batch
 from cnnviz_plugins.occlusion_fill import gaussian_blur
 from cnnviz_plugins.occlusion_geometry import WindowGrid, parse_pair, spread_to_pixels
 from conftest import SMALL_CONFIG, in_box, small_torch_adapter
@@ -331,6 +331,34 @@ def test_probe_keeps_every_result_picks_the_fastest_and_drops_a_failing_runner()
     assert sorted(rows) == list(range(12))  # 2 batches of 3 on each runner that worked, taking turns
     assert rows[0][0] == 0.004 and rows[3][0] == 4 * 3 + 0.0005 and rows[6][0] == 4 * 6 + 0.004
     assert isinstance(decision, Decision) and decision.probe_ms_per_window["slow"] > decision.probe_ms_per_window["fast"]
+
+
+class SizedRunner:
+    """Per-window cost that depends on the batch size, as measured runtimes' does."""
+
+    def __init__(self, ms_by_size, batch_size=16):
+        self.ms_by_size, self.batch_size, self.sizes = ms_by_size, batch_size, []
+
+    def occluded_logits(self, image, boxes, fill):
+        self.sizes.append(len(boxes))
+        time.sleep(self.ms_by_size[len(boxes)] * len(boxes) / 1000)
+        return np.asarray(boxes, np.float32)[:, :1]
+
+
+@pytest.mark.parametrize("ms_by_size, expected", [
+    ({4: 4.0, 8: 3.0, 16: 2.0, 32: 1.0, 64: 2.0}, 32),  # larger batches pay off, up to a point
+    ({4: 0.5, 8: 1.0, 16: 2.0, 32: 3.0, 64: 4.0}, 4),  # smaller ones do: up fails, then down
+    ({4: 3.0, 8: 3.0, 16: 2.0, 32: 2.0, 64: 2.0}, 16),  # no size 5% better: kept
+])
+def test_batch_size_is_tuned_on_real_batches(ms_by_size, expected):
+    runner = SizedRunner(ms_by_size)
+    boxes = np.arange(4 * 400).reshape(400, 4)
+    tuning, rows = tune_batch(runner, None, boxes, None, (4, 8, 16, 32, 64))
+    assert tuning.complete and tuning.batch_size == expected
+    assert sorted(rows) == list(range(sum(runner.sizes)))  # every result kept, in order
+    assert all(runner.sizes.count(size) == 2 for size in set(runner.sizes))  # two batches per size tried
+    short = tune_batch(SizedRunner(ms_by_size), None, boxes[:40], None, (4, 8, 16, 32, 64))[0]
+    assert not short.complete and short.batch_size in (16, expected)
 
 
 # -- incremental inference ------------------------------------------------------------
