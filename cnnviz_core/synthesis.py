@@ -102,6 +102,7 @@ class SynthesisMethod(Method):
         self._progress: Progress | None = None
         self._offset = 0  # the current batch's first item, within the run
         self._done_before = 0  # steps finished before the current batch, for the progress bar
+        self._batch_items = 1  # items in the current batch
 
     # -- what a method implements ------------------------------------------
     def setup(self) -> None:
@@ -162,8 +163,8 @@ class SynthesisMethod(Method):
             if hasattr(objective, "detach"):
                 objective = objective.detach().float().cpu().numpy()
             self._best.offer(range(self._offset, self._offset + len(images)), images, objective, step)
-        if self._progress is not None:
-            self._progress.set(self._done_before + step + 1)
+        if self._progress is not None:  # every item of the batch took this step
+            self._progress.set(self._done_before + (step + 1) * self._batch_items)
 
     # -- the pipeline --------------------------------------------------------
     def check_images(self, images: np.ndarray | None) -> None:
@@ -192,7 +193,7 @@ class SynthesisMethod(Method):
         self._done_before = 0
 
         def work(start: int, stop: int) -> Synthesis:
-            self._offset, self._done_before = start, start * steps
+            self._offset, self._done_before, self._batch_items = start, start * steps, stop - start
             part = self.synthesize(None if images is None else images[start:stop], targets[start:stop])
             check_synthesis(part, stop - start, self.name)
             self._best.offer(range(start, stop), part.images, _final_objective(part), steps)

@@ -159,3 +159,24 @@ def test_model_left_unchanged(toy_registry):
 
 def test_config_of_small_adapter_is_the_one_used():
     assert small_torch_adapter().config == SMALL_CONFIG
+
+
+def test_progress_counts_every_item_of_a_batch(toy_registry, monkeypatch):
+    import cnnviz_core.synthesis as synthesis
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, total, desc, enabled):
+            seen.append(("total", total))
+
+        def set(self, done):
+            seen.append(done)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(synthesis, "Progress", Recorder)
+    cnnviz_core.run("noise_climb", small_torch_adapter(), target=[0, 1, 2], batch_size=2, steps=2)
+    assert seen[0] == ("total", 6)
+    assert seen[1:] == [2, 4, 5, 6]  # batch of two items: 2 then 4 steps done; then the last item
