@@ -57,6 +57,17 @@ def subset_stride(label: str, window: int, full: bool) -> int | None:
     return SUBSET_STRIDE.get((label, window), SUBSET_STRIDE.get(("*", window)))
 
 
+def load_seeded(spec: str):
+    """The model with the same weights in every process: a timm model without
+    weights starts from a random initialization, and the comparison with
+    Captum (run in another process) needs the same one."""
+    import cnnviz_core
+    import torch
+
+    torch.manual_seed(0)
+    return cnnviz_core.load_model(spec)
+
+
 def window_count(window: int, stride: int, size: int = SIZE) -> int:
     """Windows per image: positions every ``stride``, plus one flush with the
     edge when the stride does not land there."""
@@ -73,7 +84,7 @@ def case_torch_forward(spec: str, batch_size: int) -> Workload:
     import cnnviz_core
     import torch
 
-    adapter = cnnviz_core.load_model(spec)
+    adapter = load_seeded(spec)
     inputs = torch.from_numpy(np.repeat(prepared_batch(adapter, 1, IMAGE), batch_size, axis=0))
     inputs = inputs.contiguous(memory_format=torch.channels_last)  # the faster layout on CPUs
     model = adapter.module.eval()
@@ -90,7 +101,7 @@ def case_onnx_forward(spec: str, path: str, batch_size: int) -> Workload:
     import cnnviz_core
     import onnxruntime
 
-    image = prepared_batch(cnnviz_core.load_model(spec), 1, IMAGE)
+    image = prepared_batch(load_seeded(spec), 1, IMAGE)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])  # runtime defaults
     feed = {session.get_inputs()[0].name: np.repeat(image, batch_size, axis=0)}
 
@@ -109,7 +120,7 @@ def case_cnnviz(spec: str, window: int, stride: int, cold: bool = False) -> Work
     onnxruntime session, no traced model, no weight fingerprint."""
     import cnnviz_core
 
-    adapter = cnnviz_core.load_model(spec)
+    adapter = load_seeded(spec)
     image = prepared_batch(adapter, 1, IMAGE)
 
     def forget():
@@ -139,7 +150,7 @@ def case_captum(spec: str, window: int, stride: int, per_eval: int) -> Workload:
     import torch
     from captum.attr import Occlusion
 
-    adapter = cnnviz_core.load_model(spec)
+    adapter = load_seeded(spec)
     inputs = torch.from_numpy(prepared_batch(adapter, 1, IMAGE))
     occlusion = Occlusion(adapter.module.eval())
 
@@ -281,7 +292,7 @@ def main() -> None:
         os.environ["CNNVIZ_CACHE"] = os.path.join(folder, "cache")  # cnnviz's ONNX cache, inherited by the children
         for label in args.models:
             spec = MODELS[label]
-            onnx_path = export_onnx(cnnviz_core.load_model(spec), os.path.join(folder, f"{label}.onnx"))
+            onnx_path = export_onnx(load_seeded(spec), os.path.join(folder, f"{label}.onnx"))
             fastest = find_fastest_forward(label, spec, onnx_path, args.repeats)
             for window, stride in settings:
                 summaries.append(measure_occlusion(label, spec, window, stride, fastest, args.repeats, args.captum_full))
