@@ -140,7 +140,8 @@ def case_cnnviz(spec: str, window: int, stride: int, cold: bool = False) -> Work
 
     def check_data(result):
         runtime = result.metadata["runtime"]
-        return result.maps[0], runtime.get("backend"), runtime.get("how"), runtime.get("probe_ms_per_window", {})
+        return (result.maps[0], runtime.get("backend"), runtime.get("how"), runtime.get("probe_ms_per_window", {}),
+                runtime.get("batch_size"))
 
     return Workload(run, check_data)
 
@@ -247,8 +248,8 @@ def measure_occlusion(label: str, spec: str, window: int, stride: int, fastest: 
         ["configuration", "ms (full grid)", "median", "x limit", "captum/this", "worst/best", "cores used", "peak RSS MiB", "+RSS MiB"],
         rows, title=f"{label}, window {window} stride {stride}: {windows} windows; best of {repeats}",
     )
-    cnnviz_map, backend, how, probe = results[warm].check
-    print(f"cnnviz ran on: {backend} ({how}; probe ms/window: "
+    cnnviz_map, backend, how, probe, batch = results[warm].check
+    print(f"cnnviz ran on: {backend}, {batch} windows per batch ({how}; probe ms/window: "
           f"{', '.join(f'{k} {v:.2f}' for k, v in probe.items()) or 'none'})")
     if not subset:
         captum_map = results[captum_best].check
