@@ -81,7 +81,6 @@ def calls_per_sample(batch_size: int) -> int:
 
 # -- the limit: forward passes at the best batched throughput ---------------
 def case_torch_forward(spec: str, batch_size: int) -> Workload:
-    import cnnviz_core
     import torch
 
     adapter = load_seeded(spec)
@@ -98,7 +97,6 @@ def case_torch_forward(spec: str, batch_size: int) -> Workload:
 
 
 def case_onnx_forward(spec: str, path: str, batch_size: int) -> Workload:
-    import cnnviz_core
     import onnxruntime
 
     image = prepared_batch(load_seeded(spec), 1, IMAGE)
@@ -147,7 +145,6 @@ def case_cnnviz(spec: str, window: int, stride: int, cold: bool = False) -> Work
 
 
 def case_captum(spec: str, window: int, stride: int, per_eval: int) -> Workload:
-    import cnnviz_core
     import torch
     from captum.attr import Occlusion
 
@@ -285,7 +282,6 @@ def main() -> None:
     settings = [tuple(int(v) for v in text.split("/")) for text in args.settings]
     print_environment(f"bench_occlusion: {', '.join(args.models)} at {SIZE} px, one image ({IMAGE[0]}), class {TARGET}")
 
-    import cnnviz_core
     from cnnviz_adapters.onnx_export import export_onnx
 
     summaries = []
