@@ -12,7 +12,7 @@ import torch
 from cnnviz_core import atomic
 from cnnviz_core.errors import InputError
 
-from .hooks import eval_mode
+from cnnviz_core.toolkit.hooks import eval_mode
 from .onnx_adapter import sidecar_path
 from .torch_adapter import TorchAdapter
 

@@ -15,7 +15,7 @@ from cnnviz_core.capabilities import Capability
 from cnnviz_core.config import PreprocessConfig
 from cnnviz_core.errors import InputError, LayerNotFoundError, ModelLoadError
 
-from .hooks import capture_outputs, eval_mode, forward_hooks
+from cnnviz_core.toolkit.hooks import capture_outputs, eval_mode, forward_hooks
 
 TIMM_PREFIX = "timm:"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")

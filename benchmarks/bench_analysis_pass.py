@@ -81,7 +81,7 @@ def build_pass(methods: dict, dataset, size: int | None = None):
     """analyze(methods) over the dataset; returns the pass's seconds, the
     t-SNE fit excluded (tsne's finish is timed and subtracted)."""
     import cnnviz_core
-    from cnnviz_plugins import tsne
+    from cnnviz_plugins.analysis import tsne
 
     adapter = cnnviz_core.load_model(MODEL)
     if size is not None:  # fully convolutional with a global pool: any input size works
@@ -130,7 +130,7 @@ def build_tsne_finish(points: int, fit_only: bool):
     from sklearn.manifold import TSNE
 
     from cnnviz_core import plots
-    from cnnviz_plugins.tsne import Tsne, sample_priority
+    from cnnviz_plugins.analysis.tsne import Tsne, sample_priority
 
     plots.scatter_plot(np.zeros((2, 2)))  # matplotlib imported and set up before the timed call
     rng = np.random.default_rng(0)

@@ -75,7 +75,7 @@ def forward_items(batch_size: int, images_per_call: int) -> int:
 def case_incremental(spec: str, window: int, stride: int, subset: int) -> Workload:
     import cnnviz_core
     import torch
-    from cnnviz_plugins.occlusion_incremental import IncrementalOcclusion
+    from cnnviz_plugins.attribution.occlusion.incremental.engine import IncrementalOcclusion
 
     adapter = cnnviz_core.load_model(spec)
     module = adapter.module.eval()

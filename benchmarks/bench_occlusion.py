@@ -123,7 +123,7 @@ def case_cnnviz(spec: str, window: int, stride: int, cold: bool = False) -> Work
 
     def forget():
         from cnnviz_adapters import onnx_runtime_cache
-        from cnnviz_plugins import occlusion_backends, occlusion_runtime
+        from cnnviz_plugins.attribution.occlusion import backends as occlusion_backends, runtime as occlusion_runtime
 
         occlusion_backends.forget_decisions()
         onnx_runtime_cache.clear_sessions()

@@ -77,7 +77,7 @@ def small_inputs() -> np.ndarray:
 
 
 def hook_total(module: torch.nn.Module) -> int:
-    from cnnviz_adapters.hooks import hook_count
+    from cnnviz_core.toolkit.hooks import hook_count
 
     return hook_count(module)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnviz_plugins.batched_lbfgs import BatchedLBFGS
+from cnnviz_plugins.synthesis.support.batched_lbfgs import BatchedLBFGS
 
 
 def quadratics(count: int, n: int = 12, seed: int = 0):

@@ -19,8 +19,8 @@ import cnnviz_core
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.cli import main
 from cnnviz_core.errors import InputError, LayerNotFoundError, TargetError
-from cnnviz_plugins.image_param import colour_mixing_matrix, spectrum_scale, ReadableImage
-from cnnviz_plugins.image_transforms import _sampling_matrix, random_affine, total_variation
+from cnnviz_plugins.synthesis.support.image_param import colour_mixing_matrix, spectrum_scale, ReadableImage
+from cnnviz_plugins.synthesis.support.image_transforms import _sampling_matrix, random_affine, total_variation
 from conftest import hook_total, small_torch_adapter, state_copy, states_equal
 
 SIZE = 96  # blocks.4 gives a 6x6 map here

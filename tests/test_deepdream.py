@@ -19,8 +19,8 @@ from cnnviz_core.cli import main
 from cnnviz_core.errors import InputError, LayerNotFoundError
 from cnnviz_core.images import denormalize
 from cnnviz_core.targets import parse_targets
-from cnnviz_plugins.activation_objective import forward, objective_values
-from cnnviz_plugins.deepdream import mid_level_layer, octave_sizes
+from cnnviz_plugins.synthesis.support.objectives import forward, objective_values
+from cnnviz_plugins.synthesis.deepdream import mid_level_layer, octave_sizes
 from conftest import hook_total, state_copy, states_equal
 
 SIZE = 96

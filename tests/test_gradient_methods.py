@@ -134,7 +134,7 @@ def test_unguidable_nonlinearities_warn_what_was_not_modified():
 def test_rules_are_undone_after_an_error(monkeypatch):
     model = TwoLayerNet(nn.ReLU6())
     adapter = TorchAdapter(model, "two_layer", IDENTITY)
-    from cnnviz_plugins import gradient_base
+    from cnnviz_core.toolkit import input_gradient as gradient_base
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected")

@@ -11,8 +11,8 @@ from PIL import Image
 import cnnviz_core
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_plugins import integrated_gradients as ig_module
-from cnnviz_plugins.integrated_gradients import DEFAULT_STEPS, IntegratedGradients, gaussian_blur
+from cnnviz_plugins.attribution import integrated_gradients as ig_module
+from cnnviz_plugins.attribution.integrated_gradients import DEFAULT_STEPS, IntegratedGradients, gaussian_blur
 from conftest import hook_total, small_torch_adapter
 from test_gradient_methods import image_from, pixels
 

@@ -18,8 +18,8 @@ import cnnviz_core
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.cli import main
 from cnnviz_core.errors import InputError, LayerNotFoundError, TargetError
-from cnnviz_plugins.feature_stages import middle_stage, stage_outputs
-from cnnviz_plugins.image_priors import PIXEL_NORM, PIXEL_VARIATION, alpha_norm, total_variation
+from cnnviz_adapters.inspect.stages import middle_stage, stage_outputs
+from cnnviz_plugins.synthesis.support.image_priors import PIXEL_NORM, PIXEL_VARIATION, alpha_norm, total_variation
 from conftest import SMALL_CONFIG, hook_total, small_torch_adapter, state_copy, states_equal
 from tiny_models import SmallConvNet
 

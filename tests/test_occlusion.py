@@ -12,15 +12,15 @@ import pytest
 import torch
 
 import cnnviz_core
-import cnnviz_plugins.occlusion as occlusion_module
-import cnnviz_plugins.occlusion_runtime as occlusion_runtime
+import cnnviz_plugins.attribution.occlusion.method as occlusion_module
+import cnnviz_plugins.attribution.occlusion.runtime as occlusion_runtime
 from cnnviz_adapters import onnx_runtime_cache
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_plugins.occlusion import window_starts
-from cnnviz_plugins.occlusion_backends import Decision, forget_decisions, probe_runners, tune_batch
-from cnnviz_plugins.occlusion_fill import gaussian_blur
-from cnnviz_plugins.occlusion_geometry import WindowGrid, parse_pair, spread_to_pixels
+from cnnviz_plugins.attribution.occlusion.method import window_starts
+from cnnviz_plugins.attribution.occlusion.backends import Decision, forget_decisions, probe_runners, tune_batch
+from cnnviz_plugins.attribution.occlusion.fill import gaussian_blur
+from cnnviz_plugins.attribution.occlusion.geometry import WindowGrid, parse_pair, spread_to_pixels
 from conftest import SMALL_CONFIG, in_box, small_torch_adapter
 
 from tiny_models import LinearNet, SmallConvNet

@@ -12,9 +12,9 @@ from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 from torch import nn
 
 from cnnviz_core.errors import InputError, MethodError
-from cnnviz_plugins.incremental_regions import boxes_region, through_window
-from cnnviz_plugins.incremental_ops import windowed_op
-from cnnviz_plugins.occlusion_incremental import IncrementalOcclusion
+from cnnviz_plugins.attribution.occlusion.incremental.regions import boxes_region, through_window
+from cnnviz_plugins.attribution.occlusion.incremental.ops import windowed_op
+from cnnviz_plugins.attribution.occlusion.incremental.engine import IncrementalOcclusion
 from conftest import hook_total, state_copy, states_equal
 
 TOLERANCE = 1e-4

@@ -20,8 +20,8 @@ from cnnviz_adapters.onnx_export import export_onnx
 from cnnviz_core.cli import main as cli_main
 from cnnviz_core.errors import InputError
 
-from cnnviz_plugins.magnitude_pruning import global_cuts
-from cnnviz_plugins.torch_pruning import pruning_mask
+from cnnviz_plugins.analysis.pruning.magnitude import global_cuts
+from cnnviz_plugins.analysis.pruning.torch_weights import pruning_mask
 
 from conftest import state_copy, states_equal
 from digits import as_images, digits_adapter, digits_split, write_digits_folder

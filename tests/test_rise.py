@@ -9,7 +9,7 @@ import cnnviz_core
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.adapter import select_scores
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_plugins.rise import MaskSet
+from cnnviz_plugins.attribution.rise import MaskSet
 
 from tiny_models import LinearNet
 

@@ -12,7 +12,7 @@ import cnnviz_core
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core import Capability
 from cnnviz_core.cli import main
-from cnnviz_plugins.smoothgrad import SmoothGrad
+from cnnviz_plugins.attribution.smoothgrad import SmoothGrad
 from conftest import CAT_BOX, SMALL_CONFIG, hook_total, small_torch_adapter
 from test_gradient_methods import IDENTITY, pixels
 from tiny_models import SmallConvNet, TwoLayerNet
@@ -120,7 +120,7 @@ def test_chunking_and_out_of_memory_do_not_change_the_result(inputs, monkeypatch
     class InjectedOOM(Exception):
         pass
 
-    from cnnviz_plugins.saliency import Saliency
+    from cnnviz_plugins.attribution.saliency import Saliency
 
     original = Saliency.attribute
 

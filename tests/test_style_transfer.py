@@ -19,7 +19,7 @@ import cnnviz_core
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.cli import main
 from cnnviz_core.errors import ImageLoadError, InputError, LayerNotFoundError, TargetError
-from cnnviz_plugins.style_transfer import gram
+from cnnviz_plugins.synthesis.style_transfer import gram
 from conftest import SMALL_CONFIG, hook_total, state_copy, states_equal
 from test_inversion import FailsOnCall
 

@@ -18,7 +18,7 @@ from cnnviz_adapters.onnx_export import export_onnx
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core import InputError, LayerNotFoundError
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_plugins.receptive_field import LayerGeometry, outside_dependence, receptive_field
+from cnnviz_adapters.inspect.receptive_field import LayerGeometry, outside_dependence, receptive_field
 
 from conftest import hook_total, state_copy, states_equal
 from digits import as_images, digits_adapter, digits_split

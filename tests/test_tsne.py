@@ -19,7 +19,7 @@ from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core import Dataset, InputError
 from cnnviz_core.analysis_pass import CHECKPOINT_FOLDER
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_plugins.feature_layer import classifier_input_layer
+from cnnviz_adapters.inspect.classifier_input import classifier_input_layer
 
 from conftest import hook_total
 from digits import CLASS_NAMES, as_images, digits_adapter, digits_split, write_digits_folder
@@ -102,7 +102,7 @@ def test_onnx_embeds_like_torch(digits, tmp_path):
 def test_blocked_trustworthiness_equals_scikit_learn(monkeypatch):
     from sklearn.manifold import trustworthiness as reference
 
-    from cnnviz_plugins import embedding_quality
+    from cnnviz_plugins.analysis.support import embedding_quality
 
     monkeypatch.setattr(embedding_quality, "BLOCK_ELEMENTS", 1000)  # blocks of 3 rows
     rng = np.random.default_rng(0)

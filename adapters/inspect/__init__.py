@@ -1,0 +1,1 @@
+"""Questions methods ask about a model, answered per adapter."""

@@ -1,0 +1,70 @@
+"""Shared pipeline of the gradient-weighted class activation maps (Grad-CAM and
+its relatives): capture a layer's activations A and the gradient of the score
+with respect to them, weight the channels, sum, ReLU, upsample. A subclass
+overrides only :meth:`GradientCAM.cam_weights`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, param
+from cnnviz_core.targets import resolve_classes
+from cnnviz_core.toolkit.hooks import frozen_parameters, gradient_root
+
+
+@dataclasses.dataclass
+class CAMParams(AttributionParams):
+    layer: str | None = param(None, "layer whose feature maps are weighted (default: the model's last spatial feature layer)")
+
+
+def class_scores(logits: torch.Tensor, classes: np.ndarray, score: str) -> torch.Tensor:
+    """The explained score per input, differentiable: a logit or a softmax probability."""
+    index = torch.as_tensor(classes, device=logits.device).view(-1, 1)
+    values = logits.float().softmax(dim=1) if score == "prob" else logits.float()
+    return values.gather(1, index).squeeze(1)
+
+
+class GradientCAM(AttributionMethod):
+    requires = frozenset({Capability.GRADIENTS, Capability.ACTIVATIONS})
+    Params = CAMParams
+    batch_hint = 16
+
+    def setup(self) -> None:
+        self.layer = self.params.layer or self.adapter.default_layer()
+        self.layer_module = self.adapter.get_layer(self.layer)
+
+    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """Per-channel weights (b, K, 1, 1) — or per-position (b, K, h, w)."""
+        raise NotImplementedError
+
+    def attribute(self, inputs: np.ndarray, targets) -> Attribution:
+        module = self.adapter.module
+        # Parameters frozen and the layer output made a leaf: the graph starts
+        # at the layer, so the backward stops there and computes no weight grads.
+        with frozen_parameters(module), gradient_root(self.layer_module, self.layer) as captured, torch.enable_grad():
+            logits = module(self.adapter.tensor(inputs))
+            if self.layer not in captured:
+                raise self.error(f"layer {self.layer!r} did not run in the forward pass")
+            activations = captured[self.layer]
+            if activations.dim() != 4:
+                raise self.error(
+                    f"layer {self.layer!r} outputs shape {tuple(activations.shape)}; a (B, C, H, W) feature map is needed"
+                )
+            classes = resolve_classes(targets, logits.detach().float().cpu().numpy())
+            scores = class_scores(logits, classes, self.params.score)
+            (gradients,) = torch.autograd.grad(scores.sum(), activations)
+        with torch.no_grad():
+            weights = self.cam_weights(activations.detach(), gradients)
+            layer_map = torch.relu((weights * activations.detach()).sum(dim=1, keepdim=True))
+            cam = F.interpolate(layer_map, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        return Attribution(
+            maps=cam[:, 0].float().cpu().numpy(),
+            classes=classes,
+            scores=scores.detach().float().cpu().numpy(),
+            # the map at the layer's own resolution, before upsampling
+            extras={"layer_map": layer_map[:, 0].float().cpu().numpy()},
+        )

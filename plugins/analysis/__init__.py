@@ -1,0 +1,1 @@
+"""Analysis methods: dataset-level and weight-level views of a model."""

@@ -1,0 +1,1 @@
+"""Magnitude pruning analysis: weight statistics and accuracy under global pruning."""

@@ -1,0 +1,1 @@
+"""Attribution methods: maps of what in an input drives a score."""

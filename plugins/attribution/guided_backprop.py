@@ -1,0 +1,17 @@
+"""Guided backpropagation (Springenberg et al. 2015) as a cnnviz plugin."""
+
+from cnnviz_core import hookimpl
+
+from cnnviz_core.toolkit.input_gradient import InputGradient
+
+
+class GuidedBackprop(InputGradient):
+    """Guided backprop: through every ReLU-like module pass only positive gradients where the input was positive."""
+
+    name = "guided_backprop"
+    rule = "guided"
+
+
+@hookimpl
+def cnnviz_methods():
+    return [GuidedBackprop]

@@ -1,0 +1,288 @@
+"""Integrated Gradients (Sundararajan, Taly & Yan 2017) as a cnnviz plugin.
+
+IG_i(x) = (x_i − x'_i) · ∫₀¹ ∂f(x' + α(x − x'))/∂x_i dα, with f the target's
+score and x' a baseline. The integral is a quadrature over points of the
+straight path; by completeness the attributions sum to f(x) − f(x').
+
+Quadrature. On ReLU-family networks f is piecewise linear along the path and
+its derivative is rough: on the pretrained EfficientNet-Lite0 most of the
+logit's rise happens within a few percent of the path, where the derivative
+swings by hundreds between neighbouring points. Fixed rules converge slowly
+there: with the zeros, black and blur baselines on chelsea and coffee the
+worst completeness error was 4.5 % at 64 Gauss–Legendre points, 6.2 % at 128
+and still 1.04 % at 256 (uniform trapezoid: 25 % at 65 points, 5.7 % at 257).
+The default, ``adaptive``, is the trapezoid rule on a
+refined grid: every gradient evaluation also gives f at its point, so each
+interval's exact integral f(b) − f(a) is known and its local error is exact;
+starting from 16 equal intervals, the 16 intervals with the largest errors
+are bisected per round until the total error — which *is* the completeness
+error — is within ``--tolerance``, or ``--steps`` points are spent. On those
+six cases it stopped after 49–113 points with errors of 0.18–0.65 %.
+The fixed Gauss–Legendre, trapezoid and midpoint rules remain available.
+
+Each image's path points are computed in chunks of ``--batch-size`` through
+the scheduler, so memory on the device stays bounded and out-of-memory halves
+the chunk. The adaptive rule keeps its points' gradients on the host (steps ×
+the input size, float32) until the final weights are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnviz_core import Attribution, ImageLoadError, InputError, MethodWarning, hookimpl, param
+from cnnviz_core.targets import Target, resolve_classes
+
+from cnnviz_core.toolkit.input_gradient import GradientParams, InputGradient
+
+BASELINE_WORDS = ("zeros", "black", "blur")
+INTEGRATIONS = ("adaptive", "gausslegendre", "riemann_trapezoid", "riemann_middle")
+DEFAULT_STEPS = 256  # a cap for the adaptive rule; it usually stops far earlier
+INITIAL_INTERVALS = 16  # adaptive: the first, uniform grid
+BISECTIONS_PER_ROUND = 16  # adaptive: intervals split per round (fixed, so results do not depend on --batch-size)
+
+
+@dataclasses.dataclass
+class IntegratedGradientsParams(GradientParams):
+    steps: int = param(
+        DEFAULT_STEPS,
+        "points on the path from the baseline to the input, i.e. gradient evaluations per image "
+        "(adaptive: the most it may use)", minimum=1,
+    )
+    integration: str = param(
+        "adaptive",
+        "quadrature of the path integral: adaptive trapezoid refined where the completeness error is, "
+        "or fixed Gauss–Legendre, trapezoid or midpoint rules",
+        choices=INTEGRATIONS,
+    )
+    tolerance: float = param(
+        0.01,
+        "completeness target |Σ attributions − (f(x) − f(x'))| / |f(x) − f(x')|: adaptive stops refining once within it "
+        "(0: spend every step); any rule warns when it is missed",
+        minimum=0.0,
+    )
+    baseline: str = param(
+        "zeros",
+        "the reference input x': zeros (0 in the model's normalized space, the dataset mean), black (black pixels), "
+        "blur (the input blurred by a Gaussian of --blur-sigma), or the path of an image file",
+    )
+    blur_sigma: float = param(10.0, "σ in input pixels of the Gaussian for --baseline blur (Fong & Vedaldi 2017 use 10 at 224 px)", minimum=0.5)
+    batch_size: int | None = param(None, "path points per forward/backward pass (default 32); halved on out-of-memory", minimum=1)
+
+
+def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes α in [0, 1] and weights (summing to 1) of a fixed quadrature of ∫₀¹ g(α) dα."""
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return (nodes + 1.0) / 2.0, weights / 2.0
+    if rule == "riemann_middle":
+        return (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
+    if rule == "riemann_trapezoid":
+        return np.linspace(0.0, 1.0, steps), trapezoid_weights(np.linspace(0.0, 1.0, steps))
+    raise ValueError(f"unknown integration rule {rule!r}")
+
+
+def trapezoid_weights(alphas: np.ndarray) -> np.ndarray:
+    """Weights of the trapezoid rule on sorted nodes spanning [0, 1]."""
+    widths = np.diff(alphas)
+    weights = np.zeros(len(alphas))
+    weights[:-1] += widths / 2.0
+    weights[1:] += widths / 2.0
+    return weights
+
+
+def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Blur (B, C, H, W) images with a separable Gaussian of σ pixels (kernel
+    radius 3σ, edges replicated). Blurring commutes with the per-channel
+    normalization, so normalized inputs can be blurred directly."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(torch.float32)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    channels = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return x.numpy()
+
+
+class IntegratedGradients(InputGradient):
+    """Integrated Gradients: (x − x') ⊙ the mean gradient on the straight path from a baseline x' to x; the map sums the colour channels (signed)."""
+
+    name = "integrated_gradients"
+    Params = IntegratedGradientsParams
+    batch_hint = 32  # path points per chunk
+
+    @classmethod
+    def check_params(cls, params) -> None:
+        if params.integration in ("adaptive", "riemann_trapezoid") and params.steps < 2:
+            raise InputError(f"{cls.name}: --integration {params.integration} needs --steps 2 or more, got {params.steps}")
+        baseline = params.baseline
+        if not isinstance(baseline, (str, os.PathLike)):
+            raise InputError(f"{cls.name}: --baseline must be one of {', '.join(BASELINE_WORDS)} or an image path, got {baseline!r}")
+        if baseline in BASELINE_WORDS:
+            return
+        path = os.fspath(baseline)
+        looks_like_path = os.path.splitext(path)[1] != "" or os.sep in path or (os.altsep or os.sep) in path
+        if not (looks_like_path or os.path.exists(path)):
+            raise InputError(
+                f"{cls.name}: --baseline must be one of {', '.join(BASELINE_WORDS)} or the path of an image file, got {baseline!r}"
+            )
+        if not os.path.isfile(path):
+            raise ImageLoadError(path, "no such file (given as --baseline)")
+
+    def setup(self) -> None:
+        self._baseline_image = None
+        if self.params.baseline not in BASELINE_WORDS:
+            batch, _ = self.adapter.prepare([os.fspath(self.params.baseline)])
+            self._baseline_image = batch[0]
+
+    def batch_size(self) -> int:
+        return 1  # images one at a time; the path points of each are batched below
+
+    def baselines(self, inputs: np.ndarray) -> np.ndarray:
+        """The baseline x' of each input, in the model's normalized space."""
+        kind = self.params.baseline
+        if kind == "zeros":
+            return np.zeros_like(inputs)
+        if kind == "black":
+            mean = np.asarray(self.adapter.config.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+            std = np.asarray(self.adapter.config.std, dtype=np.float32).reshape(1, 3, 1, 1)
+            return np.broadcast_to(-mean / std, inputs.shape).astype(np.float32)
+        if kind == "blur":
+            return gaussian_blur(inputs, self.params.blur_sigma)
+        if getattr(self, "_baseline_image", None) is None:  # attribute() called without setup()
+            self.setup()
+        image = self._baseline_image
+        if image.shape != inputs.shape[1:]:
+            raise InputError(
+                f"{self.name}: the baseline image {kind} is {image.shape[1]}x{image.shape[2]} after preprocessing "
+                f"but the inputs are {inputs.shape[2]}x{inputs.shape[3]}"
+            )
+        return np.broadcast_to(image, inputs.shape).astype(np.float32)
+
+    def maps_from(self, attributions: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        """The sum over colour channels of the attributions: signed, raw."""
+        return attributions.sum(axis=1)
+
+    def attribute(self, inputs: np.ndarray, targets) -> Attribution:
+        baselines = self.baselines(inputs)
+        # Resolve top-1 on the clean inputs, so every path point explains the same class.
+        resolved, classes = list(targets), np.full(len(inputs), -1, dtype=np.int64)
+        class_rows = [i for i, t in enumerate(targets) if t.kind != "neuron"]
+        if class_rows:
+            classes[class_rows] = resolve_classes([targets[i] for i in class_rows], self.adapter.logits(inputs[class_rows]))
+            for i in class_rows:
+                resolved[i] = Target("class", class_index=int(classes[i]))
+        attributions = np.empty(inputs.shape, dtype=np.float32)
+        scores, baseline_scores = np.empty(len(inputs)), np.empty(len(inputs))
+        steps = np.empty(len(inputs), dtype=np.int64)
+        for i, (x, x0, target) in enumerate(zip(inputs, baselines, resolved)):
+            difference = x.astype(np.float64) - x0
+            if self.params.integration == "adaptive":
+                average, ends, steps[i] = self._adaptive(x0, difference, target)
+            else:
+                alphas, weights = quadrature(self.params.integration, self.params.steps)
+                # f(x') and f(x) from the same passes, as two points of weight 0
+                alphas, weights = np.append(alphas, [0.0, 1.0]), np.append(weights, [0.0, 0.0])
+                average, values = self._path(x0, difference, target, alphas, weights)
+                ends, steps[i] = values[-2:], self.params.steps
+            attributions[i] = difference * average
+            baseline_scores[i], scores[i] = ends
+
+        delta = scores - baseline_scores
+        error = np.abs(attributions.reshape(len(inputs), -1).sum(axis=1, dtype=np.float64) - delta)
+        relative = error / np.maximum(np.abs(delta), np.finfo(np.float32).tiny)
+        self._warn_if_incomplete(relative)
+        return Attribution(
+            maps=self.maps_from(attributions, inputs),
+            classes=classes,
+            scores=scores.astype(np.float32),
+            images=attributions,
+            extras={
+                "completeness_error": relative.astype(np.float32),
+                "baseline_score": baseline_scores.astype(np.float32),
+                "steps": steps,
+            },
+        )
+
+    def _path(self, x0, difference, target, alphas, weights=None):
+        """Gradients and objective values at the path points x' + α(x − x'),
+        in chunks through the scheduler. With ``weights`` the gradients are
+        summed with them as each chunk finishes (nothing kept); without, the
+        per-point gradients are returned."""
+
+        def work(start: int, stop: int):
+            points = (x0[None] + alphas[start:stop, None, None, None] * difference[None]).astype(np.float32)
+            gradients, _, values = self.input_gradients(points, [target] * (stop - start))
+            if weights is not None:
+                gradients = np.tensordot(weights[start:stop], gradients.astype(np.float64), axes=1)
+            return gradients, values.astype(np.float64)
+
+        parts = self.scheduler.map_batches(work, len(alphas), self.params.batch_size or self.batch_hint, desc=self.name)
+        values = np.concatenate([p[1] for p in parts])
+        if weights is not None:
+            return np.sum([p[0] for p in parts], axis=0), values
+        return [g for p in parts for g in p[0]], values
+
+    def _adaptive(self, x0, difference, target):
+        """The trapezoid rule on a grid refined where it errs: (mean gradient,
+        (f(x'), f(x)), points used). Each point's objective value is known, so
+        an interval's exact integral f(b) − f(a) is too: its local error is
+        exact, and the errors sum to the completeness error."""
+        budget, tolerance = self.params.steps, self.params.tolerance
+        alphas = np.linspace(0.0, 1.0, min(budget, INITIAL_INTERVALS + 1))
+        gradients, values = self._path(x0, difference, target, alphas)
+        slopes = np.array([float(np.vdot(g, difference)) for g in gradients])  # dα f along the path
+        while True:
+            widths = np.diff(alphas)
+            errors = widths * (slopes[:-1] + slopes[1:]) / 2.0 - np.diff(values)
+            delta = values[-1] - values[0]
+            if abs(errors.sum()) <= tolerance * abs(delta) or len(alphas) >= budget:
+                break
+            worst = np.sort(np.argsort(-np.abs(errors), kind="stable")[: min(BISECTIONS_PER_ROUND, budget - len(alphas))])
+            middles = (alphas[worst] + alphas[worst + 1]) / 2.0
+            new_gradients, new_values = self._path(x0, difference, target, middles)
+            new_slopes = np.array([float(np.vdot(g, difference)) for g in new_gradients])
+            order = np.argsort(np.concatenate([alphas, middles]), kind="stable")
+            alphas = np.concatenate([alphas, middles])[order]
+            values = np.concatenate([values, new_values])[order]
+            slopes = np.concatenate([slopes, new_slopes])[order]
+            merged = gradients + new_gradients
+            gradients = [merged[j] for j in order]
+        weights = trapezoid_weights(alphas)
+        average = np.zeros(difference.shape)
+        for weight, gradient in zip(weights, gradients):
+            average += weight * gradient
+        return average, (values[0], values[-1]), len(alphas)
+
+    def _warn_if_incomplete(self, errors: np.ndarray) -> None:
+        tolerance = self.params.tolerance
+        if tolerance > 0 and (errors > tolerance).any():
+            worst = float(errors.max())
+            advice = "raise --steps" + ("" if self.params.integration == "adaptive" else " or use --integration adaptive")
+            warnings.warn(
+                f"{self.name}: completeness error {worst:.2%} exceeds --tolerance {tolerance:.2%} "
+                f"with {self.params.integration} at {self.params.steps} steps; {advice}",
+                MethodWarning,
+                stacklevel=2,
+            )
+
+    def run(self, *args, **kwargs):
+        result = super().run(*args, **kwargs)
+        result.metadata["completeness_error"] = [float(e) for e in result.extras["completeness_error"]]
+        result.metadata["steps_used"] = [int(n) for n in result.extras["steps"]]
+        return result
+
+
+@hookimpl
+def cnnviz_methods():
+    return [IntegratedGradients]

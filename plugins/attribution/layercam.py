@@ -1,0 +1,23 @@
+"""LayerCAM (Jiang et al. 2021) as a cnnviz plugin."""
+
+from __future__ import annotations
+
+import torch
+
+from cnnviz_core import hookimpl
+
+from cnnviz_core.toolkit.gradient_cam import GradientCAM
+
+
+class LayerCAM(GradientCAM):
+    """LayerCAM: ReLU(Σ_k ReLU(∂score/∂A_k) ⊙ A_k), each position weighted by its own positive gradient."""
+
+    name = "layercam"
+
+    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return torch.relu(gradients)
+
+
+@hookimpl
+def cnnviz_methods():
+    return [LayerCAM]

@@ -1,0 +1,1 @@
+"""Occlusion and its engines: batched windows, runner choice, incremental inference, coarse-to-fine."""

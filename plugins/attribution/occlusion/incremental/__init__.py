@@ -1,0 +1,1 @@
+"""Krypton-style incremental inference: recompute only what each window changes."""

@@ -1,0 +1,16 @@
+"""Class saliency maps (Simonyan, Vedaldi & Zisserman 2014) as a cnnviz plugin."""
+
+from cnnviz_core import hookimpl
+
+from cnnviz_core.toolkit.input_gradient import InputGradient
+
+
+class Saliency(InputGradient):
+    """Saliency: max over colour channels of |∂score/∂x| (Simonyan et al. 2014); the signed gradient is kept."""
+
+    name = "saliency"
+
+
+@hookimpl
+def cnnviz_methods():
+    return [Saliency]

@@ -1,0 +1,1 @@
+"""Evaluation metrics: how far an attribution method can be trusted."""

@@ -1,0 +1,1 @@
+"""Synthesis methods: images made by optimization or search."""

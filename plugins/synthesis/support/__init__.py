@@ -1,0 +1,1 @@
+"""Helpers shared by the synthesis methods (image parameterizations, priors, objectives, optimizers)."""
