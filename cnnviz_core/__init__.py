@@ -7,9 +7,15 @@ Public API::
     result = cnnviz.run("gradcam", model, ["cat.png"], target="Egyptian cat")
     result.maps            # (B, H, W) raw float32
     result.save("out/")    # PNGs, .npy arrays and a JSON record
+
+Everything a plugin may use is a name of this package (``__all__``) or of
+``cnnviz_core.toolkit`` (hooks, score selection and base classes for torch
+methods); the other modules are internal. ``import cnnviz_core`` does not
+import torch.
 """
 
-from .adapter import ModelAdapter, ModelEntry
+from . import images, plots, render
+from .adapter import ModelAdapter, ModelEntry, select_scores
 from .analysis import Analysis, AnalysisMethod, AnalysisParams
 from .api import analyze, check_capabilities, load_model, methods, missing_capabilities, models, run
 from .capabilities import Capability
@@ -37,7 +43,7 @@ from .results_analysis import AnalysisResult
 from .results_synthesis import SynthesisResult
 from .scheduler import Scheduler
 from .synthesis import Synthesis, SynthesisMethod, SynthesisParams
-from .targets import Target, parse_target
+from .targets import KINDS as TARGET_KINDS, Target, parse_target, resolve_classes, validate_targets
 
 __version__ = "0.1.0"
 
@@ -50,4 +56,6 @@ __all__ = [
     "ModelLoadError", "OutOfMemoryError", "PluginError", "PreprocessConfig", "Scheduler", "Target",
     "TargetError", "check_capabilities", "get_registry", "hookimpl", "load_model", "methods",
     "missing_capabilities", "models", "param", "parse_target", "reset_registry", "run",
+    # for plugins: targets, score selection, pictures
+    "TARGET_KINDS", "images", "plots", "render", "resolve_classes", "select_scores", "validate_targets",
 ]

@@ -1,11 +1,21 @@
-"""What a method explains: a class (index or label name), the top-1 class, or a
-neuron (``layer:channel`` or ``layer:channel@y,x``)."""
+"""What a method explains, one target per input:
+
+- a class: its index (``285``) or a label name (``"Egyptian cat"``, ``ostrich``);
+- ``top1`` (the default): each input's own top-1 class;
+- a neuron of a layer, with one meaning in every method:
+  ``layer:channel`` is the channel's MEAN over the spatial positions of its
+  feature map (resolution independent: the same value at any input size),
+  ``layer:channel@y,x`` the single unit at row y, column x of that map.
+
+:func:`validate_targets` is the one check a method runs before any work: the
+kinds it takes, and each neuron's layer, channel and position.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -81,8 +91,8 @@ def _parse_string(text: str, labels: Sequence[str] | None) -> Target:
 
 def parse_targets(specs, batch: int, num_classes: int | None, labels) -> list[Target]:
     """One target per input: a single spec applies to all inputs."""
-    if specs is None or isinstance(specs, (str, int, np.integer, Target)):
-        specs = [specs]
+    if specs is None or isinstance(specs, (str, int, np.integer, Target)) or not hasattr(specs, "__iter__"):
+        specs = [specs]  # one spec for all inputs; a non-iterable (1.5) is refused by parse_target
     specs = list(specs)
     if len(specs) == 1:
         specs = specs * batch
@@ -102,3 +112,50 @@ def resolve_classes(targets: Sequence[Target], logits: np.ndarray) -> np.ndarray
         else:
             raise TargetError(f"this method explains a class; got the neuron target {target.describe()}")
     return classes
+
+
+KINDS = ("class", "top1", "neuron")
+_WANTED = {"class": "a class index or label name", "top1": "top1", "neuron": "a neuron target layer:channel[@y,x]"}
+
+
+def validate_targets(targets: Sequence[Target], accepts: Collection[str], method: str, adapter=None, advice: str = "") -> None:
+    """Refuse, before any work, a target ``method`` cannot take: a kind outside
+    ``accepts`` (a subset of :data:`KINDS`), or a neuron whose layer, channel or
+    position does not exist in ``adapter``'s model at its input size. ``advice``
+    ends the message for a refused kind (what to give instead, and why)."""
+    unknown = set(accepts) - set(KINDS)
+    if unknown:
+        raise ValueError(f"accepts names unknown target kinds {sorted(unknown)}; use {KINDS}")
+    for target in targets:
+        if target.kind not in accepts:
+            wanted = [_WANTED[kind] for kind in KINDS if kind in accepts]
+            wanted_text = wanted[0] if len(wanted) == 1 else ", ".join(wanted[:-1]) + " or " + wanted[-1]
+            got = {"class": "class ", "top1": "", "neuron": "the neuron target "}[target.kind] + target.describe()
+            raise TargetError(f"{method} needs {wanted_text}; got {got}" + (f". {advice}" if advice else ""))
+    neurons = [t for t in targets if t.kind == "neuron"]
+    if neurons:
+        if adapter is None:
+            raise ValueError("validate_targets needs the adapter to check neuron targets")
+        _check_neurons(neurons, adapter)
+
+
+def _check_neurons(neurons: Sequence[Target], adapter) -> None:
+    """Layer names, channels and positions against the layers' output shapes at
+    the model's input size."""
+    for target in neurons:
+        adapter.check_layer(target.layer)
+    shapes = adapter.layer_shapes(sorted({t.layer for t in neurons}))
+    for target in neurons:
+        shape = shapes.get(target.layer)
+        if shape is None or len(shape) < 2:
+            raise TargetError(f"layer {target.layer!r} has no channel dimension (output {shape}); pick another layer")
+        if target.channel >= shape[1]:
+            raise TargetError(
+                f"layer {target.layer!r} has {shape[1]} channels (0..{shape[1] - 1}); channel {target.channel} is out of range"
+            )
+        if target.position is not None:
+            if len(shape) != 4:
+                raise TargetError(f"layer {target.layer!r} has no spatial map (output {shape}); drop @y,x")
+            y, x = target.position
+            if not (y < shape[2] and x < shape[3]):
+                raise TargetError(f"position {y},{x} is outside layer {target.layer!r}'s {shape[2]}x{shape[3]} map")

@@ -58,7 +58,7 @@ def test_guided_gradcam_is_guided_backprop_times_gradcam():
 
 
 def test_guided_gradcam_refuses_neuron_targets():
-    with pytest.raises(cnnviz_core.TargetError, match="explains a class"):
+    with pytest.raises(cnnviz_core.TargetError, match="guided_gradcam needs a class index or label name or top1; got the neuron target features:0"):
         tiny("guided_gradcam", target="features:0")
 
 

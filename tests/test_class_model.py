@@ -20,7 +20,8 @@ from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.cli import main
 from cnnviz_core.errors import InputError, LayerNotFoundError, TargetError
 from cnnviz_plugins.synthesis.support.image_param import colour_mixing_matrix, spectrum_scale, ReadableImage
-from cnnviz_plugins.synthesis.support.image_transforms import _sampling_matrix, random_affine, total_variation
+from cnnviz_plugins.synthesis.support.image_priors import anisotropic_total_variation
+from cnnviz_plugins.synthesis.support.image_transforms import _sampling_matrix, random_affine
 from conftest import hook_total, small_torch_adapter, state_copy, states_equal
 
 SIZE = 96  # blocks.4 gives a 6x6 map here
@@ -207,4 +208,4 @@ def test_random_affine_is_per_item_and_identity_without_transforms():
 def test_total_variation_by_hand():
     image = torch.zeros((1, 1, 2, 3))
     image[0, 0, 0, 1] = 1.0  # one bright pixel: 2 horizontal edges of 1 among 4, 1 vertical among 3
-    np.testing.assert_allclose(total_variation(image).numpy(), [2 / 4 + 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(anisotropic_total_variation(image).numpy(), [2 / 4 + 1 / 3], rtol=1e-6)

@@ -76,20 +76,30 @@ def test_top1_is_class_one():
 @pytest.mark.parametrize(
     "target, expected, score",
     [
-        ("conv1:1", {"A": (0, 1, 0), "C": (0, 1, 0)}, 2.0),  # channel g on both pixels where it is read
-        ("act:1", {"A": (0, 1, 0), "C": (0, 1, 0)}, 2.0),  # after the ReLU: C and A are the active ones
-        ("act:1@0,0", {"A": (0, 1, 0)}, 1.0),  # one position: only pixel A
+        # layer:channel is the channel's mean over the 2x2 map: each position weighs 1/4
+        ("conv1:1", {p: (0, 0.25, 0) for p in "ABCD"}, 0.0),  # before the ReLU every pixel's g counts: (1 - 1 + 1 - 1) / 4
+        ("act:1", {"A": (0, 0.25, 0), "C": (0, 0.25, 0)}, 0.5),  # after the ReLU only A and C are active: (1 + 1) / 4
+        ("act:1@0,0", {"A": (0, 1, 0)}, 1.0),  # one position: only pixel A, with weight 1
         ("act:0@0,1", {"B": (1, 0, 0)}, 1.0),
     ],
 )
 def test_neuron_gradient_matches_hand_computation(target, expected, score):
     result = run("neuron_gradient", target=target)
-    if target.startswith("conv1:1"):  # before the ReLU every pixel's g counts
-        expected = {p: (0, 1, 0) for p in "ABCD"}
-        score = 0.0  # 1 - 1 + 1 - 1
     np.testing.assert_allclose(result.images, image_from(expected), atol=1e-6)
     assert result.scores[0] == pytest.approx(score)
     assert result.classes[0] == -1 and result.label(0) == target
+
+
+def test_channel_target_is_the_mean_whatever_the_map_size():
+    """The same image at twice the size (each pixel repeated 2x2) gives the
+    same layer:channel value, since it is a mean over positions, not a sum."""
+    small = run("neuron_gradient", target="act:1")
+    big_pixels = pixels().repeat(2, axis=2).repeat(2, axis=3)
+    adapter = TorchAdapter(TwoLayerNet(), "two_layer", PreprocessConfig(input_size=(4, 4), mean=(0, 0, 0), std=(1, 1, 1)))
+    big = cnnviz_core.run("neuron_gradient", adapter, big_pixels, target="act:1")
+    assert big.scores[0] == pytest.approx(small.scores[0]) == pytest.approx(0.5)
+    # the gradient spreads over 4x as many pixels, each with a quarter of the weight
+    np.testing.assert_allclose(big.images.sum(), small.images.sum(), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +149,7 @@ def test_rules_are_undone_after_an_error(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(gradient_base.InputGradient, "_objective", broken)
+    monkeypatch.setattr(gradient_base, "target_scores", broken)  # fails between the forward and the backward
     with pytest.raises(RuntimeError, match="injected"):
         cnnviz_core.run("guided_backprop", adapter, pixels())
     assert "forward" not in model.act.__dict__
@@ -169,8 +179,9 @@ def test_pretrained_guided_backprop_differs_from_plain_gradient_and_peaks_on_cat
 
 
 def test_neuron_target_before_an_inplace_relu_explains_the_pre_activation():
-    """conv1's unit g is read before the in-place ReLU: its gradient is 1 on
-    every pixel's green channel, even where the ReLU later zeroes it."""
+    """conv1's channel g is read before the in-place ReLU: its gradient is 1/4
+    (the mean over the 2x2 map) on every pixel's green channel, even where the
+    ReLU later zeroes it."""
     result = run("neuron_gradient", TwoLayerNet(nn.ReLU(inplace=True)), target="conv1:1")
-    np.testing.assert_allclose(result.images, image_from({p: (0, 1, 0) for p in "ABCD"}), atol=1e-6)
-    assert result.scores[0] == pytest.approx(0.0)  # 1 − 1 + 1 − 1, not the ReLU'd 2
+    np.testing.assert_allclose(result.images, image_from({p: (0, 0.25, 0) for p in "ABCD"}), atol=1e-6)
+    assert result.scores[0] == pytest.approx(0.0)  # (1 − 1 + 1 − 1) / 4, not the ReLU'd 2 / 4

@@ -100,9 +100,9 @@ def test_relu_network_with_a_kink_on_the_path_matches_hand_computation():
 def test_neuron_target_completeness():
     adapter = TorchAdapter(TwoLayerNet(), "two_layer", TWO_LAYER)
     result = cnnviz_core.run("integrated_gradients", adapter, pixels(), target="act:1", integration="gausslegendre", steps=8)
-    # Σ ReLU(g) is linear on the path from 0: IG = x ⊙ gradient, g read at A and C (both 1)
-    np.testing.assert_allclose(result.images, image_from({"A": (0, 1, 0), "C": (0, 1, 0)}), atol=1e-6)
-    assert result.classes[0] == -1 and result.scores[0] == pytest.approx(2.0)
+    # mean ReLU(g) over the 2x2 map is linear on the path from 0: IG = x ⊙ gradient, g read at A and C (both 1/4)
+    np.testing.assert_allclose(result.images, image_from({"A": (0, 0.25, 0), "C": (0, 0.25, 0)}), atol=1e-6)
+    assert result.classes[0] == -1 and result.scores[0] == pytest.approx(0.5)
 
 
 def test_fixed_rule_that_misses_the_tolerance_warns():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnviz_core.errors import InputError, TargetError
-from cnnviz_core.targets import Target, parse_target, parse_targets, resolve_classes
+from cnnviz_core import InputError, TargetError
+from cnnviz_core import Target, parse_target, resolve_classes
+from cnnviz_core.targets import parse_targets
 
 LABELS = (
     "tench, Tinca tinca",
@@ -159,3 +160,58 @@ def test_describe_with_labels_and_json():
     assert target.describe() == "3"
     assert target.to_json()["class_index"] == 3
     assert Target.top1().describe() == "top1"
+
+
+# -- validate_targets: the one check of targets against what a method takes ----------------
+def test_validate_targets_refuses_kinds_a_method_does_not_take():
+    from cnnviz_core import validate_targets
+
+    neuron, cls, top1 = Target("neuron", layer="features.0", channel=1), Target("class", class_index=3), Target.top1()
+    validate_targets([cls, top1], {"class", "top1"}, "some_method")  # no adapter needed without neurons
+    with pytest.raises(TargetError, match=r"^some_method needs a class index or label name or top1; got the neuron target features.0:1$"):
+        validate_targets([cls, neuron], {"class", "top1"}, "some_method")
+    with pytest.raises(TargetError, match=r"^maker needs a class index or label name; got top1\. give a class$"):
+        validate_targets([top1], {"class"}, "maker", advice="give a class")
+    with pytest.raises(TargetError, match=r"needs a neuron target layer:channel\[@y,x\]; got class 3"):
+        validate_targets([cls], {"neuron"}, "unit_method")
+    with pytest.raises(ValueError, match="unknown target kinds"):
+        validate_targets([cls], {"class", "neurons"}, "typo")
+
+
+def test_validate_targets_checks_neurons_against_the_layer_shapes():
+    from cnnviz_core import LayerNotFoundError, validate_targets
+    from conftest import small_torch_adapter  # SmallConvNet: features.4 is (1, 16, 16, 16) at 32 px
+
+    adapter = small_torch_adapter()
+    good = [parse_target("features.4:15"), parse_target("features.4:0@15,15")]
+    validate_targets(good, {"neuron"}, "m", adapter)
+    for spec, message in [("features.4:16", "has 16 channels .*channel 16 is out of range"),
+                          ("features.4:0@16,0", "position 16,0 is outside layer 'features.4''s 16x16 map"),
+                          ("fc:0@0,0", "no spatial map")]:
+        with pytest.raises(TargetError, match=message):
+            validate_targets([parse_target(spec)], {"neuron"}, "m", adapter)
+    with pytest.raises(LayerNotFoundError):
+        validate_targets([parse_target("nolayer:0")], {"neuron"}, "m", adapter)
+
+
+# -- score selection: one meaning per target ------------------------------------------------
+def test_neuron_score_is_the_channel_mean_or_one_unit():
+    import torch
+
+    from cnnviz_core.toolkit import neuron_score, target_scores
+
+    output = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)  # (C, h, w) for one input
+    assert neuron_score(output, parse_target("l:1")).item() == pytest.approx(output[1].mean().item())
+    assert neuron_score(output, parse_target("l:1@2,3")).item() == output[1, 2, 3].item()
+    # a map at twice the size: the mean is unchanged and @y,x is scaled to the same place
+    bigger = output.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    assert neuron_score(bigger, parse_target("l:1")).item() == pytest.approx(neuron_score(output, parse_target("l:1")).item())
+    assert neuron_score(bigger, parse_target("l:1@2,3"), full_size=(3, 4)).item() == output[1, 2, 3].item()
+
+    logits = torch.tensor([[0.0, 2.0, 1.0], [5.0, -1.0, 0.0]])
+    targets = [parse_target("l:0@0,0"), Target.top1()]
+    layer = torch.stack([output, output + 100])
+    scores = target_scores(targets, logits, {"l": layer})
+    assert scores.tolist() == pytest.approx([0.0, 5.0])  # unit (0, 0) of input 0; top-1 logit of input 1
+    probs = target_scores([Target("class", class_index=1)] * 2, logits, {}, score="prob")
+    assert probs.tolist() == pytest.approx(logits.softmax(dim=1)[:, 1].tolist())

@@ -1,19 +1,56 @@
 """Public toolkit for methods on torch models (adapters with the ``gradients``
-capability): hooks that always detach, score selection, the gradient-CAM and
-input-gradient base classes with their backward rules, and feature capture
-that stops the forward after the deepest layer read.
+or ``activations`` capability, where ``adapter.module`` is an ``nn.Module``).
 
-Importing it imports torch; ``import cnnviz_core`` alone does not.
+A built-in method imports exactly what a third party's may: the names of
+``cnnviz_core`` and of this package. What is here:
+
+Hooks and temporary model changes that always undo themselves
+    :func:`forward_hooks`, :func:`capture_outputs` (a layer's output by name),
+    :func:`gradient_root` (a backward that stops at a layer),
+    :func:`frozen_parameters`, :func:`eval_mode`, :func:`hook_count` (leak checks).
+Score selection (one meaning per target, see ``cnnviz_core.targets``)
+    :func:`class_scores` (a class's logit or probability, differentiable),
+    :func:`neuron_score` (``layer:channel``: the channel's spatial mean;
+    ``layer:channel@y,x``: one unit), :func:`target_scores` (both, per input).
+Base classes: override one step
+    :class:`GradientCAM` (Grad-CAM's pipeline; override ``cam_weights``) with
+    :class:`CAMParams`; :class:`InputGradient` (∂score/∂input; set ``rule`` or
+    override ``maps_from``) with :class:`GradientParams`; :func:`backward_rule`
+    (guided / deconvnet ReLU backward) and its :class:`RuleReport`.
+Features and images
+    :func:`read_layers` (layers' outputs from a forward that stops after the
+    deepest one), :class:`LayerFeatures` (the same, checked once per model),
+    :func:`gaussian_blur` (tensors or arrays).
+
+Example, HiResCAM (Draelos & Carin 2020) in full::
+
+    from cnnviz_core import hookimpl
+    from cnnviz_core.toolkit import GradientCAM
+
+    class HiResCAM(GradientCAM):
+        \"\"\"HiResCAM: ReLU(Σ_k ∂score/∂A_k ⊙ A_k), upsampled.\"\"\"
+        name = "hirescam"
+
+        def cam_weights(self, activations, gradients):
+            return gradients  # per position: no averaging
+
+    @hookimpl
+    def cnnviz_methods():
+        return [HiResCAM]
+
+Importing this package imports torch; ``import cnnviz_core`` alone does not.
 """
 
 from .backward_rules import RuleReport, backward_rule
-from .gradient_cam import CAMParams, GradientCAM, class_scores
+from .blur import gaussian_blur
+from .gradient_cam import CAMParams, GradientCAM
 from .hooks import capture_outputs, eval_mode, forward_hooks, frozen_parameters, gradient_root, hook_count
 from .input_gradient import GradientParams, InputGradient
-from .layer_features import LayerFeatures
+from .layer_features import LayerFeatures, read_layers
+from .scores import class_scores, neuron_score, target_scores
 
 __all__ = [
     "CAMParams", "GradientCAM", "GradientParams", "InputGradient", "LayerFeatures", "RuleReport",
     "backward_rule", "capture_outputs", "class_scores", "eval_mode", "forward_hooks", "frozen_parameters",
-    "gradient_root", "hook_count",
+    "gaussian_blur", "gradient_root", "hook_count", "neuron_score", "read_layers", "target_scores",
 ]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnnviz_core.errors import MethodWarning
+from cnnviz_core import MethodWarning
 
 RULES = ("guided", "deconvnet")
 GUIDABLE = (nn.ReLU, nn.LeakyReLU, nn.Hardtanh)  # ReLU6 is a Hardtanh

@@ -1,7 +1,8 @@
 """Shared pipeline of the gradient-weighted class activation maps (Grad-CAM and
 its relatives): capture a layer's activations A and the gradient of the score
 with respect to them, weight the channels, sum, ReLU, upsample. A subclass
-overrides only :meth:`GradientCAM.cam_weights`."""
+overrides only :meth:`GradientCAM.cam_weights`; the default weights are
+Grad-CAM's (the spatial mean of the gradient)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, param
-from cnnviz_core.targets import resolve_classes
-from cnnviz_core.toolkit.hooks import frozen_parameters, gradient_root
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, param, resolve_classes
+
+from .hooks import frozen_parameters, gradient_root
+from .scores import class_scores
 
 
 @dataclasses.dataclass
@@ -21,14 +23,11 @@ class CAMParams(AttributionParams):
     layer: str | None = param(None, "layer whose feature maps are weighted (default: the model's last spatial feature layer)")
 
 
-def class_scores(logits: torch.Tensor, classes: np.ndarray, score: str) -> torch.Tensor:
-    """The explained score per input, differentiable: a logit or a softmax probability."""
-    index = torch.as_tensor(classes, device=logits.device).view(-1, 1)
-    values = logits.float().softmax(dim=1) if score == "prob" else logits.float()
-    return values.gather(1, index).squeeze(1)
-
-
 class GradientCAM(AttributionMethod):
+    """ReLU(Σ_k w_k ⊙ A_k) at ``--layer``, upsampled bilinearly to the input;
+    w from :meth:`cam_weights`. ``extras["layer_map"]`` keeps the map at the
+    layer's own resolution."""
+
     requires = frozenset({Capability.GRADIENTS, Capability.ACTIVATIONS})
     Params = CAMParams
     batch_hint = 16
@@ -38,8 +37,10 @@ class GradientCAM(AttributionMethod):
         self.layer_module = self.adapter.get_layer(self.layer)
 
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        """Per-channel weights (b, K, 1, 1) — or per-position (b, K, h, w)."""
-        raise NotImplementedError
+        """Per-channel weights (b, K, 1, 1) — or per-position (b, K, h, w) —
+        from the layer's activations and the score's gradient, both (b, K, h, w).
+        By default Grad-CAM's: α_k, the spatial mean of ∂score/∂A_k."""
+        return gradients.mean(dim=(2, 3), keepdim=True)
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
         module = self.adapter.module

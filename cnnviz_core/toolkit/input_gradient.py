@@ -1,12 +1,13 @@
 """Shared pipeline of the input-gradient methods (saliency, neuron gradient,
 guided backprop, deconvnet): one forward, one backward to the image, batched.
 
-The objective is the target's score (logit or probability) for class targets,
-or one unit of a layer for neuron targets (``layer:channel`` sums the
-channel's map; ``layer:channel@y,x`` takes one position) — the deconv-approach
-experiment: that unit's gradient set to 1, every other unit's to 0.
-Subclasses override :meth:`rule_context` (a modified backward) or
-:meth:`maps_from` (how the image gradient becomes a map)."""
+The objective is the target's score (see :mod:`cnnviz_core.toolkit.scores`):
+the logit or probability for class targets; for neuron targets the channel's
+mean over positions (``layer:channel``) or one unit (``layer:channel@y,x``,
+the deconv-approach experiment: that unit's gradient set to 1, every other
+unit's to 0). Subclasses set ``rule`` (a modified backward) and ``accepts``
+(the target kinds taken), or override :meth:`maps_from` (how the image
+gradient becomes a map)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,11 @@ import dataclasses
 import numpy as np
 import torch
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability
-from cnnviz_core.errors import TargetError
-from cnnviz_core.targets import Target, resolve_classes
-from cnnviz_core.toolkit.hooks import capture_outputs, frozen_parameters
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, Target, resolve_classes, validate_targets
 
-from cnnviz_core.toolkit.backward_rules import backward_rule
-from cnnviz_core.toolkit.gradient_cam import class_scores
+from .backward_rules import backward_rule
+from .hooks import capture_outputs, frozen_parameters
+from .scores import target_scores
 
 
 @dataclasses.dataclass
@@ -31,10 +30,13 @@ class GradientParams(AttributionParams):
 
 
 class InputGradient(AttributionMethod):
+    """∂score/∂input for a batch in one forward and one backward; ``images``
+    keep the signed gradient, ``maps`` are :meth:`maps_from` of it."""
+
     requires = frozenset({Capability.GRADIENTS})
     Params = GradientParams
     batch_hint = 16
-    accepts_neurons = True
+    accepts: frozenset[str] = frozenset({"class", "top1", "neuron"})  # target kinds, see cnnviz_core.targets
     rule: str | None = None  # a backward rule of backward_rules.RULES ("guided", "deconvnet"), or the plain gradient
 
     def rule_context(self):
@@ -48,26 +50,7 @@ class InputGradient(AttributionMethod):
         return np.abs(gradients).max(axis=1)
 
     def check_targets(self, targets: list[Target]) -> None:
-        neurons = [t for t in targets if t.kind == "neuron"]
-        if not neurons:
-            return
-        if not self.accepts_neurons:
-            super().check_targets(targets)
-        shapes = self.adapter.layer_shapes(sorted({t.layer for t in neurons}))
-        for target in neurons:
-            shape = shapes.get(target.layer)
-            if shape is None or len(shape) < 2:
-                raise TargetError(f"layer {target.layer!r} has no channel dimension (output {shape})")
-            if target.channel >= shape[1]:
-                raise TargetError(f"layer {target.layer!r} has {shape[1]} channels; channel {target.channel} is out of range")
-            if target.position is not None:
-                if len(shape) != 4:
-                    raise TargetError(f"layer {target.layer!r} has no spatial map (output {shape}); drop @y,x")
-                y, x = target.position
-                if not (y < shape[2] and x < shape[3]):
-                    raise TargetError(
-                        f"position {y},{x} is outside layer {target.layer!r}'s {shape[2]}x{shape[3]} map"
-                    )
+        validate_targets(targets, self.accepts, self.name, self.adapter)
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
         gradients, classes, scores = self.input_gradients(inputs, targets)
@@ -86,17 +69,6 @@ class InputGradient(AttributionMethod):
             class_rows = [i for i, t in enumerate(targets) if t.kind != "neuron"]
             if class_rows:
                 classes[class_rows] = resolve_classes([targets[i] for i in class_rows], logits.detach()[class_rows].float().cpu().numpy())
-            objective = self._objective(logits, outputs, targets, classes)
+            objective = target_scores(targets, logits, outputs, classes, self.params.score)
             (gradients,) = torch.autograd.grad(objective.sum(), x)
         return gradients.float().cpu().numpy(), classes, objective.detach().float().cpu().numpy()
-
-    def _objective(self, logits, outputs, targets, classes) -> torch.Tensor:
-        values = []
-        class_values = class_scores(logits, np.maximum(classes, 0), self.params.score)
-        for i, target in enumerate(targets):
-            if target.kind != "neuron":
-                values.append(class_values[i])
-                continue
-            unit = outputs[target.layer][i, target.channel]
-            values.append(unit[target.position] if target.position is not None else unit.sum())
-        return torch.stack(values)

@@ -1,28 +1,66 @@
 """Read named layers' outputs from a torch model, differentiably, with a forward
 pass that stops as soon as the last of them has run: inverting a mid-level
-layer or matching style statistics needs no classifier head, and the layers
-after the deepest one cost nothing.
+layer, matching style statistics or amplifying a channel needs no classifier
+head, and the layers after the deepest one cost nothing.
 
-Stopping early is exact only when every named module runs once per forward
-(a module called twice would be read at its first call instead of its last),
-so the first, reference pass counts the calls and turns stopping on only then.
+:func:`read_layers` is the one forward that stops early; :class:`LayerFeatures`
+adds the check that makes stopping exact for a given model: stopping is exact
+only when every named module runs once per forward (a module called twice
+would be read at its first call instead of its last), so its first, reference
+pass counts the calls and turns stopping on only then.
 Every hook lives in a context manager and is gone when a call returns.
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
-from cnnviz_core.toolkit.hooks import capture_outputs, forward_hooks
-from cnnviz_core.errors import MethodError
+from cnnviz_core import MethodError
+
+from .hooks import capture_outputs, forward_hooks
 
 
-class _AllCaptured(Exception):
-    """Raised from a forward hook to end the forward pass early."""
+class _AllRead(Exception):
+    """Raised from a forward hook to end the forward pass early (never leaves this module)."""
+
+
+def read_layers(
+    module: nn.Module, inputs: torch.Tensor, layers: Mapping[str, nn.Module], stop_early: bool = True
+) -> tuple[torch.Tensor | None, dict[str, object]]:
+    """One forward of ``inputs`` through ``module`` recording each of ``layers``'
+    outputs by name, in the autograd graph; the rest of the forward gets a
+    clone, so in-place ops after a layer cannot change what was read. With
+    ``stop_early`` the forward ends once every layer has run and the model's
+    output is None; otherwise it is returned. A layer that did not run is
+    missing from the dict; check what you need."""
+    with capture_outputs(dict(layers), protect=True) as outputs:
+        if not stop_early or not layers:
+            return module(inputs), dict(outputs)
+
+        def make_stop(_name):
+            def stop(_module, _inputs, _output):
+                if len(outputs) == len(layers):
+                    raise _AllRead
+
+            return stop
+
+        # Registered after the capturing hooks, so each layer is recorded before the check.
+        with forward_hooks(dict(layers), make_stop):
+            try:
+                result = module(inputs)
+            except _AllRead:
+                result = None
+        return result, dict(outputs)
 
 
 class LayerFeatures:
+    """The outputs of ``names`` (layers of ``adapter``'s model) for a method
+    named ``method`` (its errors name it): call :meth:`reference` once, then
+    call the object for each differentiable, early-stopped read."""
+
     def __init__(self, adapter, names: list[str], method: str):
         self.module: nn.Module = adapter.module
         self.names = list(dict.fromkeys(names))
@@ -49,25 +87,8 @@ class LayerFeatures:
     def __call__(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """The layers' outputs, with the graph back to ``inputs``. Outputs are
         protected from in-place ops later in the forward (their clone runs on)."""
-        with capture_outputs(self.layers, protect=True) as outputs:
-            if not self.stop_early:
-                self.module(inputs)
-                return self._checked(outputs)
-
-            def make_stop(_name):
-                def stop(_module, _inputs, _output):
-                    if len(outputs) == len(self.layers):
-                        raise _AllCaptured
-
-                return stop
-
-            # Registered after the capturing hooks, so each layer is recorded before the check.
-            with forward_hooks(self.layers, make_stop):
-                try:
-                    self.module(inputs)
-                except _AllCaptured:
-                    pass
-            return self._checked(outputs)
+        _, outputs = read_layers(self.module, inputs, self.layers, self.stop_early)
+        return self._checked(outputs)
 
     def _checked(self, outputs: dict) -> dict[str, torch.Tensor]:
         for name in self.names:

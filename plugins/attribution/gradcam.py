@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-
 from cnnviz_core import hookimpl
-
-from cnnviz_core.toolkit.gradient_cam import GradientCAM
+from cnnviz_core.toolkit import GradientCAM
 
 
 class GradCAM(GradientCAM):
     """Grad-CAM: ReLU(Σ_k α_k A_k), α_k the spatial mean of ∂score/∂A_k, upsampled bilinearly."""
 
     name = "gradcam"
-
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        return gradients.mean(dim=(2, 3), keepdim=True)
+    # cam_weights: the toolkit's default, Grad-CAM's α_k
 
 
 @hookimpl

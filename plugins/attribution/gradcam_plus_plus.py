@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnviz_core import hookimpl
-
-from cnnviz_core.toolkit.gradient_cam import GradientCAM
+from cnnviz_core.toolkit import GradientCAM
 
 
 class GradCAMPlusPlus(GradientCAM):

@@ -1,8 +1,7 @@
 """Guided backpropagation (Springenberg et al. 2015) as a cnnviz plugin."""
 
 from cnnviz_core import hookimpl
-
-from cnnviz_core.toolkit.input_gradient import InputGradient
+from cnnviz_core.toolkit import InputGradient
 
 
 class GuidedBackprop(InputGradient):

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnviz_core import Attribution, Capability, hookimpl
-from cnnviz_core.targets import Target
-
-from cnnviz_core.toolkit.gradient_cam import CAMParams
-from cnnviz_plugins.attribution.gradcam import GradCAM
-from cnnviz_core.toolkit.input_gradient import InputGradient
+from cnnviz_core import Attribution, Capability, Target, hookimpl
+from cnnviz_core.toolkit import CAMParams, GradientCAM, InputGradient
 
 
 class GuidedGradCAM(InputGradient):
@@ -18,11 +14,13 @@ class GuidedGradCAM(InputGradient):
     name = "guided_gradcam"
     requires = frozenset({Capability.GRADIENTS, Capability.ACTIVATIONS})
     Params = CAMParams
-    accepts_neurons = False
+    accepts = frozenset({"class", "top1"})
     rule = "guided"
 
     def setup(self) -> None:
-        self.gradcam = GradCAM(self.adapter, GradCAM.make_params(layer=self.params.layer, score=self.params.score), self.scheduler)
+        # The toolkit's GradientCAM with its default channel weights is Grad-CAM.
+        self.gradcam = GradientCAM(self.adapter, self.params, self.scheduler)
+        self.gradcam.name = self.name  # its errors name this method
         self.gradcam.setup()
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:

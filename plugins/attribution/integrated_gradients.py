@@ -29,18 +29,13 @@ the input size, float32) until the final weights are known.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import warnings
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from cnnviz_core import Attribution, ImageLoadError, InputError, MethodWarning, hookimpl, param
-from cnnviz_core.targets import Target, resolve_classes
-
-from cnnviz_core.toolkit.input_gradient import GradientParams, InputGradient
+from cnnviz_core import Attribution, ImageLoadError, InputError, MethodWarning, Target, hookimpl, param, resolve_classes
+from cnnviz_core.toolkit import GradientParams, InputGradient, gaussian_blur
 
 BASELINE_WORDS = ("zeros", "black", "blur")
 INTEGRATIONS = ("adaptive", "gausslegendre", "riemann_trapezoid", "riemann_middle")
@@ -96,22 +91,6 @@ def trapezoid_weights(alphas: np.ndarray) -> np.ndarray:
     weights[:-1] += widths / 2.0
     weights[1:] += widths / 2.0
     return weights
-
-
-def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Blur (B, C, H, W) images with a separable Gaussian of σ pixels (kernel
-    radius 3σ, edges replicated). Blurring commutes with the per-channel
-    normalization, so normalized inputs can be blurred directly."""
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(torch.float32)
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    channels = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    return x.numpy()
 
 
 class IntegratedGradients(InputGradient):

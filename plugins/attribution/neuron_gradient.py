@@ -1,24 +1,21 @@
 """The deconv-approach experiment as a cnnviz plugin: one neuron's (or one
 channel's) gradient backpropagated to the image with the plain backward."""
 
-from cnnviz_core import hookimpl
-from cnnviz_core.errors import TargetError
-
-from cnnviz_core.toolkit.input_gradient import InputGradient
+from cnnviz_core import hookimpl, validate_targets
+from cnnviz_core.toolkit import InputGradient, capture_outputs
 
 
 class NeuronGradient(InputGradient):
-    """Neuron gradient: set one unit's gradient to 1, all others to 0, backpropagate to the image (--target layer:channel[@y,x])."""
+    """Neuron gradient: backpropagate one unit (layer:channel@y,x) or a channel's spatial mean (layer:channel) to the image."""
 
     name = "neuron_gradient"
     explains = "neuron"
+    accepts = frozenset({"neuron"})
 
     @classmethod
     def demo_target(cls, adapter, inputs):
         """The default layer's most active channel on the demo images."""
         import torch
-
-        from cnnviz_core.toolkit.hooks import capture_outputs
 
         layer = adapter.default_layer()
         with capture_outputs({layer: adapter.get_layer(layer)}) as outputs, adapter.session(), torch.inference_mode():
@@ -27,13 +24,8 @@ class NeuronGradient(InputGradient):
         return f"{layer}:{channel}"
 
     def check_targets(self, targets) -> None:
-        for target in targets:
-            if target.kind != "neuron":
-                raise TargetError(
-                    f"neuron_gradient needs a neuron target: --target layer:channel or layer:channel@y,x "
-                    f"(got {target.describe()}); list layers with `cnnviz models --layers MODEL`"
-                )
-        super().check_targets(targets)
+        validate_targets(targets, self.accepts, self.name, self.adapter,
+                         advice="list layers with `cnnviz models --layers MODEL`")
 
 
 @hookimpl

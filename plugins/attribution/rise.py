@@ -10,9 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, hookimpl, param
-from cnnviz_core.adapter import select_scores
-from cnnviz_core.targets import resolve_classes
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, hookimpl, param, resolve_classes, select_scores
 
 
 @dataclasses.dataclass

@@ -1,8 +1,7 @@
 """Class saliency maps (Simonyan, Vedaldi & Zisserman 2014) as a cnnviz plugin."""
 
 from cnnviz_core import hookimpl
-
-from cnnviz_core.toolkit.input_gradient import InputGradient
+from cnnviz_core.toolkit import InputGradient
 
 
 class Saliency(InputGradient):

@@ -28,9 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param
-from cnnviz_core.adapter import select_scores
-from cnnviz_core.targets import resolve_classes
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param, resolve_classes, select_scores
 
 # A channel whose values spread less than this fraction of its magnitude is
 # constant: float noise (from interpolation, or between runtimes) must not be

@@ -19,11 +19,10 @@ import dataclasses
 
 import numpy as np
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param
-from cnnviz_core.adapter import select_scores
-from cnnviz_core.api import check_capabilities
-from cnnviz_core.registry import get_registry
-from cnnviz_core.targets import Target, resolve_classes
+from cnnviz_core import (
+    Attribution, AttributionMethod, AttributionParams, Capability, InputError, Target, check_capabilities, get_registry,
+    hookimpl, param, resolve_classes, select_scores,
+)
 
 
 @dataclasses.dataclass

@@ -13,9 +13,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param
-from cnnviz_core.errors import TargetError
-from cnnviz_core.toolkit.hooks import frozen_parameters
+from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
+from cnnviz_core.toolkit import frozen_parameters
 
 from cnnviz_plugins.synthesis.support.attacks import Goal, lbfgs_attack, quantize_8bit, sign_attack
 
@@ -87,11 +86,7 @@ class Adversarial(SynthesisMethod):
             raise InputError(f"adversarial: --confidence must be below 1, got {params.confidence}")
 
     def check_targets(self, targets) -> None:
-        for target in targets:
-            if target.kind == "neuron":
-                raise TargetError(
-                    f"adversarial attacks a class: give a class index or label (targeted) or top1 (untargeted), not {target.describe()}"
-                )
+        validate_targets(targets, {"class", "top1"}, self.name, advice="a class is attacked targeted, top1 untargeted")
 
     def steps_per_item(self) -> int:
         return {"fgsm": 1, "pgd": self.params.steps, "lbfgs": self.params.searches}[self.params.attack]

@@ -11,8 +11,8 @@ activation (``layer:channel``) or one unit (``layer:channel@y,x``).
 - ``--mode readable`` (default): the recipe of Olah, Mordvintsev & Schubert
   (Distill 2017, "Feature Visualization"): spectral parameterization with
   decorrelated colour and a sigmoid (``image_param``), random shift / scale /
-  rotation each step and a total-variation penalty (``image_transforms``),
-  Adam. Plain ascent gives the high-frequency patterns that fool the network;
+  rotation each step (``image_transforms``), an anisotropic total-variation
+  penalty (``image_priors``), Adam. Plain ascent gives the high-frequency patterns that fool the network;
   this gives pictures a person can read.
 
 Settings left unset take the mode's default (see :meth:`ClassModel.recipe`).
@@ -25,13 +25,13 @@ import dataclasses
 import numpy as np
 import torch
 
-from cnnviz_core import Capability, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param
-from cnnviz_core.errors import InputError, TargetError
-from cnnviz_core.toolkit.hooks import frozen_parameters
+from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
+from cnnviz_core.toolkit import frozen_parameters
 
-from cnnviz_plugins.synthesis.support.objectives import check_neuron_targets, forward, layers_needed, objective_values
 from cnnviz_plugins.synthesis.support.image_param import PlainImage, ReadableImage
-from cnnviz_plugins.synthesis.support.image_transforms import random_affine, total_variation
+from cnnviz_plugins.synthesis.support.image_priors import anisotropic_total_variation
+from cnnviz_plugins.synthesis.support.image_transforms import random_affine
+from cnnviz_plugins.synthesis.support.objectives import forward, layers_needed, objective_values
 
 IMAGE_EVERY = 10  # hand the current image to the best-so-far keeper every N steps
 
@@ -134,13 +134,8 @@ class ClassModel(SynthesisMethod):
         return Recipe(**{key: defaults[key] if value is None else value for key, value in given.items()})
 
     def check_targets(self, targets) -> None:
-        for target in targets:
-            if target.kind == "top1":
-                raise TargetError(
-                    "class_model makes an image for a chosen target; top1 needs an input image. Give a class index, "
-                    "a label name (e.g. 9 or ostrich), or layer:channel[@y,x]"
-                )
-        check_neuron_targets(self.adapter, targets)
+        validate_targets(targets, {"class", "neuron"}, self.name, self.adapter,
+                         advice="top1 needs an input image; class_model makes one from the target alone (e.g. 9 or ostrich)")
 
     def synthesize(self, images, targets) -> Synthesis:
         recipe = self.recipe()
@@ -170,7 +165,7 @@ class ClassModel(SynthesisMethod):
                 if recipe.l2:
                     loss = loss + recipe.l2 * self.to_model(pixels).pow(2).flatten(1).mean(1)
                 if recipe.tv:
-                    loss = loss + recipe.tv * total_variation(pixels)
+                    loss = loss + recipe.tv * anisotropic_total_variation(pixels)
                 loss.sum().backward()
                 optimizer.step()
                 image.clamp_()

@@ -14,9 +14,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from cnnviz_core import Capability, CapabilityError, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param
-from cnnviz_core.errors import TargetError
-from cnnviz_core.toolkit.hooks import frozen_parameters
+from cnnviz_core import (
+    Capability, CapabilityError, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets,
+)
+from cnnviz_core.toolkit import frozen_parameters
 
 from cnnviz_plugins.synthesis.support.attacks import Goal, sign_attack
 from cnnviz_plugins.synthesis.support.evolution import DirectEncoding, SmoothEncoding, evolve
@@ -81,11 +82,7 @@ class FoolingImages(SynthesisMethod):
             )
 
     def check_targets(self, targets) -> None:
-        for target in targets:
-            if target.kind != "class":
-                raise TargetError(
-                    f"fooling_images makes an image of a class: give class indices or labels, not {target.describe()}"
-                )
+        validate_targets(targets, {"class"}, self.name, advice="fooling_images makes an image of each class given")
 
     def steps_per_item(self) -> int:
         return self.params.generations

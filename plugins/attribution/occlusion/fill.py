@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from cnnviz_core.errors import InputError
+from cnnviz_core import InputError
+from cnnviz_core.toolkit import gaussian_blur
 
 KEYWORDS = ("mean", "blur")
 
@@ -33,20 +33,6 @@ def parse_baseline(value) -> float | str:
     if not math.isfinite(number):
         raise InputError(f"occlusion: --baseline must be finite, got {value!r}")
     return number
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(3, H, W) → the same blurred by a separable Gaussian of std ``sigma``
-    pixels; edges replicated, so any image size works."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(image.dtype).to(image.device)
-    x = image[None].contiguous()
-    channels = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    return x[0]
 
 
 def make_fill(image: torch.Tensor, baseline: float | str, blur_sigma: float) -> torch.Tensor:

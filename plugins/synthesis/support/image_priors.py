@@ -1,8 +1,13 @@
-"""Natural-image priors of Mahendran & Vedaldi (CVPR 2015, "Understanding Deep
-Image Representations by Inverting Them"): the α-norm and the total variation
-with exponent β, for batches of pixel images in [0, 1].
+"""Natural-image priors for images made by optimization, for batches of pixel
+images in [0, 1], one value per item:
 
-Both are balanced as the paper does: a pixel is measured against the typical
+- Mahendran & Vedaldi (CVPR 2015, "Understanding Deep Image Representations by
+  Inverting Them"): :func:`alpha_norm` and :func:`total_variation` with
+  exponent β (isotropic, normalized by the typical pixel variation);
+- :func:`anisotropic_total_variation`: the plain mean |difference| of
+  neighbouring pixels, the penalty of Lucid-style feature visualization.
+
+Mahendran & Vedaldi's two are balanced as the paper does: a pixel is measured against the typical
 size B of a mean-subtracted natural-image pixel, and a neighbour difference
 against the typical variation V = B / 6.5, and the sum is divided by the
 number of pixel positions. A natural photograph then scores a few units on
@@ -45,3 +50,12 @@ def total_variation(pixels: torch.Tensor, beta: float) -> torch.Tensor:
     right = pixels[:, :, :-1, 1:] - pixels[:, :, :-1, :-1]
     squared = ((down.pow(2) + right.pow(2)) / PIXEL_VARIATION**2).sum(dim=1)  # (b, H-1, W-1)
     return (squared + _EPSILON).pow(beta / 2).mean(dim=(1, 2))
+
+
+def anisotropic_total_variation(pixels: torch.Tensor) -> torch.Tensor:
+    """Per item (b,): the mean absolute difference between vertically
+    neighbouring pixels plus that between horizontal neighbours (anisotropic
+    L1 total variation, averaged so one weight fits every size)."""
+    down = (pixels[:, :, 1:, :] - pixels[:, :, :-1, :]).abs().flatten(1).mean(1)
+    right = (pixels[:, :, :, 1:] - pixels[:, :, :, :-1]).abs().flatten(1).mean(1)
+    return down + right

@@ -1,10 +1,9 @@
-"""Regularizers for images made by optimization (Olah et al., Distill 2017;
-Mahendran & Vedaldi 2015): transformation robustness and total variation.
-
-Transformation robustness: each step the model sees the image randomly
-shifted, scaled and rotated, so the optimizer cannot win with a pattern that
-only works at one exact pixel alignment (the high-frequency noise of plain
-gradient ascent). All random draws come from the item's own generator.
+"""Transformation robustness for images made by optimization (Olah et al.,
+Distill 2017): each step the model sees the image randomly shifted, scaled
+and rotated, so the optimizer cannot win with a pattern that only works at one
+exact pixel alignment (the high-frequency noise of plain gradient ascent). All
+random draws come from the item's own generator. The penalties on the image
+itself are in ``image_priors``.
 """
 
 from __future__ import annotations
@@ -61,11 +60,3 @@ def _sampling_matrix(height: int, width: int, shift_y: float, shift_x: float, fa
         [a[0][0], a[0][1] * half_h / half_w, shift[0] / half_w],
         [a[1][0] * half_w / half_h, a[1][1], shift[1] / half_h],
     ]
-
-
-def total_variation(pixels: torch.Tensor) -> torch.Tensor:
-    """Per item (b,): the mean absolute difference between neighbouring pixels
-    (anisotropic L1 total variation, averaged so one weight fits every size)."""
-    down = (pixels[:, :, 1:, :] - pixels[:, :, :-1, :]).abs().flatten(1).mean(1)
-    right = (pixels[:, :, :, 1:] - pixels[:, :, :, :-1]).abs().flatten(1).mean(1)
-    return down + right

@@ -12,8 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from cnnviz_core import images as imaging
-from cnnviz_core.errors import ImageLoadError, InputError
+from cnnviz_core import ImageLoadError, InputError, images as imaging
 
 SKIMAGE_PREFIX = "skimage:"
 # scikit-image samples shipped inside its wheel (the others download on first use).
