@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
-from typing import Any, Callable, Sequence
+import warnings
+from typing import Any, Callable, Iterator, Sequence
 
 from .adapter import ModelAdapter
-from .errors import CapabilityError, InputError, ModelLoadError
+from .errors import CapabilityError, CnnvizError, InputError, MethodWarning, ModelLoadError
 from .method import Method
 from .registry import get_registry
 from .scheduler import Scheduler
@@ -94,24 +96,31 @@ def run(
     ``params``: the method's parameters (see ``cnnviz run METHOD --help``).
     Everything is checked before any work: capabilities, parameters, targets,
     layer names.
+
+    The model runs on ``device`` (``auto``: the GPU it is already on, else the
+    GPU with the most free memory, else the CPU) and is put back where it was
+    afterwards, on success or error.
     """
     method_class = get_registry().method(method)
     adapter = load_model(model)
-    instance = _instance(method_class, adapter, params, device, scheduler)
-    if method_class.kind == "analysis":
-        if target is not None:
-            raise InputError(f"{method} analyses a dataset and takes no target")
-        from .analysis_pass import run_pass
+    if method_class.kind == "analysis" and target is not None:
+        raise InputError(f"{method} analyses a dataset and takes no target")
+    check_capabilities(method_class, adapter)
+    method_params = method_class.make_params(**params)
+    with placed(adapter, scheduler_for(adapter, device, scheduler)) as chosen:
+        instance = method_class(adapter, method_params, chosen)
+        if method_class.kind == "analysis":
+            from .analysis_pass import run_pass
 
-        return run_pass([instance], inputs, out=out)[0]
-    if method_class.kind == "synthesis":
-        from .synthesis_inputs import synthesis_items
+            return run_pass([instance], inputs, out=out)[0]
+        if method_class.kind == "synthesis":
+            from .synthesis_inputs import synthesis_items
 
-        pixels, targets, names = synthesis_items(instance, adapter, inputs, target)
-        return instance.run(pixels, targets, names, keep_best=keep_best)
-    batch, names = adapter.prepare(inputs)
-    targets = parse_targets(target, len(batch), adapter.num_classes, adapter.labels)
-    return instance.run(batch, targets, names=names, on_batch=on_batch)
+            pixels, targets, names = synthesis_items(instance, adapter, inputs, target)
+            return instance.run(pixels, targets, names, keep_best=keep_best)
+        batch, names = adapter.prepare(inputs)
+        targets = parse_targets(target, len(batch), adapter.num_classes, adapter.labels)
+        return instance.run(batch, targets, names=names, on_batch=on_batch)
 
 
 def analyze(
@@ -132,24 +141,60 @@ def analyze(
     chosen = dict(methods) if isinstance(methods, dict) else {name: {} for name in methods}
     registry = get_registry()
     adapter = load_model(model)
-    if scheduler is None:
-        scheduler = Scheduler(device=device or "auto")
-    instances = []
+    checked = []
     for name, params in chosen.items():
         method_class = registry.method(name)
         if method_class.kind != "analysis":
             raise InputError(f"{name} is a {method_class.kind} method; only analyses share a dataset pass")
-        instances.append(_instance(method_class, adapter, params or {}, None, scheduler))
-    results = run_pass(instances, dataset, out=out, resume=resume)
+        check_capabilities(method_class, adapter)
+        checked.append((method_class, method_class.make_params(**(params or {}))))
+    with placed(adapter, scheduler_for(adapter, device, scheduler)) as scheduler:
+        instances = [method_class(adapter, method_params, scheduler) for method_class, method_params in checked]
+        results = run_pass(instances, dataset, out=out, resume=resume)
     return dict(zip(chosen, results))
 
 
+def scheduler_for(adapter: ModelAdapter, device: str | None = None, scheduler: Scheduler | None = None) -> Scheduler:
+    """The given scheduler, or a new one for ``device`` that keeps the model
+    on the GPU it is already on under ``auto``."""
+    if scheduler is None:
+        return Scheduler(device=device or "auto", prefer=adapter.device)
+    if device is not None:
+        raise InputError("give either device or scheduler, not both")
+    return scheduler
+
+
+@contextlib.contextmanager
+def placed(adapter: ModelAdapter, scheduler: Scheduler) -> Iterator[Scheduler]:
+    """The adapter on the scheduler's device for the length of a run, then
+    back on the device it was on, on success and on error (a run never leaves
+    the user's model moved). Under ``auto``, a model that cannot use the
+    chosen device (an ONNX model whose onnxruntime has no CUDA provider) runs
+    on the CPU with a MethodWarning; yields the scheduler the run must use."""
+    previous = adapter.device
+    moving = scheduler.device_name != previous
+    try:
+        if moving:
+            try:
+                adapter.to(scheduler.device_name)
+            except CnnvizError as error:
+                if not scheduler.auto or scheduler.device_name == "cpu":
+                    raise
+                warnings.warn(f"{adapter.name} cannot run on {scheduler.device_name} ({error}); running on the CPU",
+                              MethodWarning, stacklevel=3)
+                scheduler = scheduler.on_cpu()
+                adapter.to("cpu")
+        yield scheduler
+    finally:
+        if moving:
+            adapter.to(previous)
+
+
 def _instance(method_class: type[Method], adapter: ModelAdapter, params: dict, device, scheduler) -> Method:
+    """A checked method instance with the adapter moved to its device (for
+    callers that own the model, like the CLI; :func:`run` restores placement)."""
     check_capabilities(method_class, adapter)
     method_params = method_class.make_params(**params)
-    if scheduler is None:
-        scheduler = Scheduler(device=device or "auto")
-    elif device is not None:
-        raise InputError("give either device or scheduler, not both")
+    scheduler = scheduler_for(adapter, device, scheduler)
     adapter.to(scheduler.device_name)
     return method_class(adapter, method_params, scheduler)

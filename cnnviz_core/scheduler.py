@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 
 from .devices import DeviceInfo, DeviceInventory
 from .errors import OutOfMemoryError
-from .progress import Progress
+from .progress import Progress, progress_default
 
 T = TypeVar("T")
 
@@ -37,7 +37,8 @@ class Scheduler:
     """Device choice and batched execution with out-of-memory back-off.
 
     ``inventory`` and ``oom_check`` are injectable so the GPU logic is tested on
-    machines without a GPU.
+    machines without a GPU. ``prefer``: the device the model already is on,
+    which ``auto`` keeps when it is a GPU.
     """
 
     def __init__(
@@ -45,12 +46,14 @@ class Scheduler:
         device: str | None = "auto",
         inventory: DeviceInventory | None = None,
         oom_check: Callable[[BaseException], bool] = is_out_of_memory,
-        progress: bool = True,
+        progress: bool | None = None,
+        prefer: str | None = None,
     ):
         self.inventory = inventory or DeviceInventory.detect()
-        self.device: DeviceInfo = self.inventory.choose(device)
+        self.requested = (device or "auto").strip().lower()
+        self.device: DeviceInfo = self.inventory.choose(device, prefer=prefer)
         self.oom_check = oom_check
-        self.progress = progress
+        self.progress = progress_default(progress)  # None: off, unless $CNNVIZ_PROGRESS
         self.backoffs: list[int] = []  # batch sizes abandoned after OOM, for reports and tests
         # Nested map_batches calls (a method batching windows inside an image
         # batch) feed one progress bar: (bar, start, stop) of the outer batches.
@@ -63,6 +66,16 @@ class Scheduler:
     @property
     def device_name(self) -> str:
         return self.device.name
+
+    @property
+    def auto(self) -> bool:
+        """The device was chosen by ``auto``, so another may stand in for it."""
+        return self.requested == "auto"
+
+    def on_cpu(self) -> "Scheduler":
+        """The same settings on the CPU (a fallback for a model that cannot
+        use the device chosen by ``auto``); this scheduler is left as it is."""
+        return Scheduler("cpu", self.inventory, self.oom_check, self.progress)
 
     def map_batches(
         self,

@@ -98,6 +98,71 @@ def test_detect_always_lists_the_cpu_last():
     assert all(d.is_cuda for d in inventory.devices[:-1])
 
 
+def test_auto_keeps_the_gpu_the_model_is_on():
+    assert two_gpus().choose("auto", prefer="cuda:0").name == "cuda:0"  # though cuda:1 has more free memory
+    assert two_gpus().choose("auto", prefer="cuda").name == "cuda:0"
+    assert two_gpus().choose("auto", prefer="cpu").name == "cuda:1"  # a CPU model goes to the freest GPU
+    assert two_gpus().choose("cpu", prefer="cuda:0").name == "cpu"  # an explicit device wins
+    assert Scheduler("auto", inventory=two_gpus(), progress=False, prefer="cuda:0").device_name == "cuda:0"
+
+
+class CountingProbe:
+    """A memory probe that records which devices it was asked about."""
+
+    def __init__(self, free: dict[str, int]):
+        self.free, self.asked = free, []
+
+    def __call__(self, name: str):
+        self.asked.append(name)
+        return self.free[name], 16 * GiB
+
+
+def lazy_gpus(probe, cheap: bool = True, count: int = 2) -> DeviceInventory:
+    return DeviceInventory((*(DeviceInfo(f"cuda:{i}") for i in range(count)), DeviceInfo("cpu")), probe, cheap)
+
+
+def test_memory_is_asked_only_of_the_devices_compared():
+    probe = CountingProbe({"cuda:0": 1 * GiB, "cuda:1": 9 * GiB})
+    assert lazy_gpus(probe).choose("auto", prefer="cuda:0").name == "cuda:0"
+    assert lazy_gpus(probe).choose("cuda:1").name == "cuda:1"
+    assert lazy_gpus(probe, count=1).choose("auto").name == "cuda:0"
+    assert probe.asked == []  # nothing to compare: no question
+    chosen = lazy_gpus(probe).choose("auto")
+    assert (chosen.name, chosen.free_memory) == ("cuda:1", 9 * GiB)
+    assert probe.asked == ["cuda:0", "cuda:1"]
+
+
+def test_a_probe_that_creates_contexts_is_not_asked_to_compare_gpus():
+    probe = CountingProbe({"cuda:0": 1 * GiB, "cuda:1": 9 * GiB})
+    inventory = lazy_gpus(probe, cheap=False)
+    assert inventory.choose("auto").name == "cuda:0"
+    assert probe.asked == []
+    assert inventory.memory("cuda:1") == (9 * GiB, 16 * GiB)  # asked only when wanted
+    assert probe.asked == ["cuda:1"]
+
+
+def test_detect_lists_gpus_without_asking_their_memory_and_caches(monkeypatch):
+    """No GPU here: torch is told there are two, and any memory question is recorded."""
+    import sys
+
+    import torch
+
+    from cnnviz_core import devices
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: asked.append(str(device)) or (GiB, 2 * GiB))
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # NVML absent: torch is the only probe
+    monkeypatch.setattr(devices, "_detected", None)
+    inventory = DeviceInventory.detect()
+    assert [d.name for d in inventory.devices] == ["cuda:0", "cuda:1", "cpu"]
+    assert DeviceInventory.detect() is inventory  # once per process
+    assert Scheduler("auto", progress=False).device_name == "cuda:0"
+    assert asked == []  # no context was created on any GPU
+    assert inventory.memory("cuda:1") == (GiB, 2 * GiB) and asked == ["cuda:1"]
+
+
 # -- map_batches ---------------------------------------------------------------
 @pytest.mark.parametrize("total,batch_size", [(10, 3), (7, 7), (5, 100), (1, 1), (9, 1)])
 def test_outputs_in_order_and_each_index_once(total, batch_size):
