@@ -11,7 +11,6 @@ saved between batches so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from typing import Any, ClassVar
 
 import numpy as np
@@ -68,11 +67,13 @@ class AnalysisMethod(Method):
         raise NotImplementedError
 
     # -- resumable state -----------------------------------------------------
-    def state(self) -> bytes:
-        return pickle.dumps({name: getattr(self, name) for name in self.state_attributes})
+    def state(self) -> dict[str, Any]:
+        """The attributes in ``state_attributes``: numpy arrays, lists, dicts,
+        numbers or strings (checkpoints are .npz + JSON, never pickles)."""
+        return {name: getattr(self, name) for name in self.state_attributes}
 
-    def restore(self, blob: bytes) -> None:
-        for name, value in pickle.loads(blob).items():
+    def restore(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
             setattr(self, name, value)
 
     def result(self, analysis: Analysis, metadata: dict[str, Any]) -> AnalysisResult:

@@ -4,8 +4,11 @@ Each batch is decoded once and run through the model once, capturing the union
 of the layers the analyses need; every analysis folds the batch into its own
 bounded state. With an output folder, the analyses' state is saved every few
 seconds so an interrupted run resumes from the last saved batch instead of
-starting over (the checkpoint is keyed by the methods, their parameters, the
-model and the dataset, and removed when the run completes)."""
+starting over. The checkpoint is keyed by the methods, their parameters, the
+model's weights (adapter.weights_digest()) and the dataset, and removed when
+the run completes. It is an .npz read without pickle plus a JSON record
+(cnnviz_core.state_codec), written atomically; one that cannot be read or
+whose key differs is ignored with a warning, never executed."""
 
 from __future__ import annotations
 
@@ -13,20 +16,21 @@ import dataclasses
 import hashlib
 import json
 import os
-import pickle
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import atomic
+from . import atomic, state_codec
 from .analysis import AnalysisMethod
 from .dataset import Dataset
-from .errors import InputError
+from .errors import InputError, MethodWarning
 from .progress import Progress
 from .results_analysis import AnalysisResult
 
 CHECKPOINT_FOLDER = ".cnnviz-resume"
+CHECKPOINT_FORMAT = 1
 
 
 def run_pass(
@@ -65,14 +69,14 @@ def _stream(methods: Sequence[AnalysisMethod], source: Dataset, out, resume: boo
         adapter.check_layer(layer)
     needs_forward = bool(layers) or any(m.needs_logits for m in methods)
     batch_size = min(m.batch_size() for m in methods)
-    checkpoint = _checkpoint_path(methods, source, out, batch_size) if out is not None else None
+    checkpoint, key = _checkpoint_path(methods, source, out, batch_size) if out is not None else (None, None)
     start, seen = 0, 0
     if checkpoint is not None and resume and os.path.exists(checkpoint):
-        with open(checkpoint, "rb") as handle:
-            saved = pickle.load(handle)
-        for method in methods:
-            method.restore(saved["states"][method.name])
-        start, seen, source.skipped = saved["next_index"], saved["seen"], saved["skipped"]
+        saved = _load_checkpoint(checkpoint, key, methods)
+        if saved is not None:
+            for method in methods:
+                method.restore(saved["states"][method.name])
+            start, seen, source.skipped = saved["next_index"], saved["seen"], saved["skipped"]
     resumed_from = start
     progress = Progress(source.length or 0, "+".join(m.name for m in methods), enabled=scheduler.progress and bool(source.length))
     progress.set(start)
@@ -89,12 +93,12 @@ def _stream(methods: Sequence[AnalysisMethod], source: Dataset, out, resume: boo
             next_index = int(batch.indices[-1]) + 1
             progress.set(next_index)
             if checkpoint is not None and time.perf_counter() - last_saved >= interval:
-                _save_checkpoint(checkpoint, methods, next_index, seen, source.skipped)
+                checkpoint = _save_checkpoint(checkpoint, key, methods, next_index, seen, source.skipped)
                 last_saved = time.perf_counter()
     except BaseException:
         # keep what was done (the last batches included) so a rerun resumes here
         if checkpoint is not None and next_index > start:
-            _save_checkpoint(checkpoint, methods, next_index, seen, source.skipped)
+            _save_checkpoint(checkpoint, key, methods, next_index, seen, source.skipped)
         raise
     finally:
         progress.close()
@@ -121,20 +125,56 @@ def _forward(adapter, scheduler, inputs: np.ndarray, layers: list[str]):
     return logits, activations
 
 
-def _checkpoint_path(methods, source: Dataset, out, batch_size: int) -> str | None:
+def _checkpoint_path(methods, source: Dataset, out, batch_size: int) -> tuple[str | None, str | None]:
+    """(path, key) of the pass's checkpoint; (None, None) when the pass cannot
+    be resumed safely (a one-shot iterator, or a model that cannot tell its
+    weights apart)."""
     if not source.reiterable:
-        return None  # a one-shot iterator cannot be replayed, so there is nothing to resume
+        return None, None  # a one-shot iterator cannot be replayed, so there is nothing to resume
+    adapter = methods[0].adapter
+    weights = adapter.weights_digest()
+    if weights is None:
+        return None, None  # without a digest, another model's state could be resumed
     key = json.dumps({
         "methods": [(m.name, dataclasses.asdict(m.params)) for m in methods],
-        "model": {k: v for k, v in methods[0].adapter.describe().items() if k != "device"},
+        "model": {k: v for k, v in adapter.describe().items() if k not in ("device", "providers")},
+        "weights": weights,
         "dataset": source.description, "length": source.length, "batch": batch_size,
     }, sort_keys=True, default=str)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return os.path.join(os.fspath(out), CHECKPOINT_FOLDER, f"{'+'.join(m.name for m in methods)}.{digest}.pkl")
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    path = os.path.join(os.fspath(out), CHECKPOINT_FOLDER, f"{'+'.join(m.name for m in methods)}.{digest[:16]}.npz")
+    return path, digest
 
 
-def _save_checkpoint(path: str, methods, next_index: int, seen: int, skipped) -> None:
+def _load_checkpoint(path: str, key: str, methods) -> dict[str, Any] | None:
+    """The saved progress, or None (with a warning) when the file cannot be
+    read, was written for another run, or lacks a method's state."""
+    try:
+        with open(path, "rb") as stream:
+            saved = state_codec.loads(stream.read())
+        if saved.get("format") != CHECKPOINT_FORMAT or saved.get("key") != key:
+            raise state_codec.StateError("it was written for other methods, parameters, weights or data")
+        states = saved.get("states")
+        if not isinstance(states, dict) or any(not isinstance(states.get(m.name), dict) for m in methods):
+            raise state_codec.StateError("it lacks the state of an analysis")
+        if not (isinstance(saved.get("next_index"), int) and isinstance(saved.get("seen"), int)
+                and isinstance(saved.get("skipped"), list)):
+            raise state_codec.StateError("its progress record is malformed")
+    except (OSError, state_codec.StateError) as error:
+        warnings.warn(f"ignoring the checkpoint {path}: {error}; starting the pass over", MethodWarning, stacklevel=3)
+        return None
+    return saved
+
+
+def _save_checkpoint(path: str, key: str, methods, next_index: int, seen: int, skipped) -> str | None:
+    """Write the progress atomically; returns the path, or None when an
+    analysis keeps state the codec cannot write (warned once, no more saves)."""
+    try:
+        blob = state_codec.dumps({"format": CHECKPOINT_FORMAT, "key": key, "next_index": int(next_index), "seen": int(seen),
+                                  "skipped": list(skipped), "states": {m.name: m.state() for m in methods}})
+    except state_codec.StateError as error:
+        warnings.warn(f"this pass cannot be resumed after an interruption: {error}", MethodWarning, stacklevel=3)
+        return None
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    blob = pickle.dumps({"next_index": next_index, "seen": seen, "skipped": list(skipped),
-                         "states": {m.name: m.state() for m in methods}})
     atomic.write_bytes(path, blob)
+    return path
