@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tempfile
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,6 +28,40 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        raise
+
+
+def publish_together(files: Sequence[tuple[str | os.PathLike, Callable[[str], None]]]) -> None:
+    """Write several files that belong together (a model and its sidecar) so
+    that the LAST one is never visible without the others: each ``writer``
+    fills a temporary path in its file's folder; once all are written they
+    are renamed in order, the last one last (its old version is removed
+    first, so it is never seen beside the others' new versions). On any
+    error, nothing new is left: temporary files and renamed ones are removed."""
+    staged: list[tuple[str, str]] = []
+    published: list[str] = []
+    try:
+        for path, writer in files:
+            path = os.fspath(path)
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+            os.close(handle)
+            staged.append((temporary, path))
+            writer(temporary)
+        last = staged[-1][1]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(last)
+        for temporary, path in staged:
+            os.replace(temporary, path)
+            published.append(path)
+    except BaseException:
+        for temporary, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        for path in published:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         raise
 
 

@@ -145,8 +145,9 @@ def _write_dataset(folder: str) -> list[str]:
     paths = []
     for name, image in sample_images(DATASET_SAMPLES).items():
         path = os.path.join(folder, f"{name}.png")
-        if not os.path.exists(path):
-            image.save(path)
+        if not os.path.exists(path):  # written atomically, so an existing file is a whole one
+            with atomic.atomic_open(path, "wb") as stream:
+                image.save(stream, format="PNG")
         paths.append(path)
     return paths
 
