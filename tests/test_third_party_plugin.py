@@ -1,8 +1,11 @@
-"""A third party's plugin, end to end: the worked example in
-examples/cnnviz-input-x-gradient is really pip-installed into a folder of its
-own (offline when this environment's setuptools can build it), found through
-its `cnnviz` entry point, run from the CLI on the pretrained model, checked by
-hand in-process, and picked up by the conformance tests. Its own tests run too."""
+"""A third party's plugin, end to end: the worked examples in examples/ are
+really pip-installed into folders of their own (offline when this
+environment's setuptools can build them), found through their `cnnviz` entry
+points and run from the CLI on the pretrained model. cnnviz-input-x-gradient
+(a method written on the base class) is checked by hand in-process and picked
+up by the conformance tests; cnnviz-hirescam (a method written on the public
+toolkit's GradientCAM) is checked against Grad-CAM on the pretrained model.
+Their own tests run too."""
 
 from __future__ import annotations
 
@@ -54,8 +57,7 @@ def setuptools_version() -> tuple[int, ...]:
 OFFLINE_SETUPTOOLS = (77, 0)
 
 
-@pytest.fixture(scope="session")
-def plugin_site(tmp_path_factory) -> Path:
+def install_example(example: Path, package: str, module: str, base: Path) -> Path:
     """The example pip-installed into a folder of its own, built from a copy of
     its source (so the build leaves nothing in the checkout).
 
@@ -63,9 +65,8 @@ def plugin_site(tmp_path_factory) -> Path:
     build isolation. A fresh venv's bundled setuptools is too old for that
     (3.11 bundles 65.5); pip then builds in isolation with setuptools from the
     package registry."""
-    base = tmp_path_factory.mktemp("third_party")
     source, site = base / "source", base / "site"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    shutil.copytree(example, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     offline = setuptools_version() >= OFFLINE_SETUPTOOLS
     how = ["--no-build-isolation", "--no-index"] if offline else []
     completed = subprocess.run(
@@ -74,10 +75,15 @@ def plugin_site(tmp_path_factory) -> Path:
         env=clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1"),
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert (site / PACKAGE / "input_x_gradient.py").is_file()
-    entry_points = next(site.glob("cnnviz_input_x_gradient-*.dist-info")) / "entry_points.txt"
-    assert f"{PLUGIN} = {PACKAGE}.input_x_gradient" in entry_points.read_text()
+    assert (site / package / f"{module}.py").is_file()
+    entry_points = next(site.glob(f"{package}-*.dist-info")) / "entry_points.txt"
+    assert f"{package} = {package}.{module}" in entry_points.read_text()
     return site
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    return install_example(EXAMPLE, PACKAGE, "input_x_gradient", tmp_path_factory.mktemp("third_party"))
 
 
 def cli(site: Path | None, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -234,14 +240,18 @@ def test_registry_forgets_the_plugin_afterwards():
 
 
 # -- the example's own tests, against the installed copy ---------------------------------
-def test_the_examples_own_tests_pass(plugin_site, tmp_path):
+def run_own_tests(example: Path, site: Path, cwd: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", str(EXAMPLE / "tests"), "-q", "-p", "no:cacheprovider"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env=clean_env(PYTHONPATH=str(plugin_site), PYTHONDONTWRITEBYTECODE="1"),
+        [sys.executable, "-m", "pytest", str(example / "tests"), "-q", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
+        env=clean_env(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1"),
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert " passed" in completed.stdout and "failed" not in completed.stdout
+
+
+def test_the_examples_own_tests_pass(plugin_site, tmp_path):
+    run_own_tests(EXAMPLE, plugin_site, tmp_path)
 
 
 # -- registering is enough to be tested: the project's conformance tests pick it up ---------
@@ -258,3 +268,55 @@ def test_conformance_tests_run_the_installed_plugin(plugin_site, tmp_path):
     passed = [line for line in completed.stdout.splitlines() if line.startswith("PASSED") and METHOD in line]
     assert any(f"{METHOD}-torch" in line for line in passed), completed.stdout
     assert any(f"{METHOD}-onnx" in line for line in passed), completed.stdout
+
+
+# -- the second example: HiResCAM in a few lines on the public toolkit ----------------------
+HIRESCAM = ROOT / "examples" / "cnnviz-hirescam"
+
+
+@pytest.fixture(scope="session")
+def hirescam_site(tmp_path_factory) -> Path:
+    return install_example(HIRESCAM, "cnnviz_hirescam", "hirescam", tmp_path_factory.mktemp("hirescam"))
+
+
+def test_hirescam_is_a_few_lines_on_the_public_toolkit():
+    """The method code (the source without its docstrings, comments and blank
+    lines) fits in 30 lines and imports only the public API."""
+    import ast
+
+    source = (HIRESCAM / "src" / "cnnviz_hirescam" / "hirescam.py").read_text()
+    tree = ast.parse(source)
+    docstrings = {number for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node)
+                  for number in range(node.body[0].lineno, node.body[0].end_lineno + 1)}
+    code = [line for number, line in enumerate(source.splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#") and number not in docstrings]
+    assert len(code) <= 30, "\n".join(code)
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "cnnviz_core", "cnnviz_core.toolkit"}
+
+
+def test_cli_runs_hirescam_and_it_equals_gradcam_where_the_gradient_is_constant(hirescam_site, tmp_path, photos, lite0):
+    """On the pretrained model's default layer (bn2, its ReLU6 included, then
+    global average pooling and the linear classifier) ∂y/∂A_k is the same at
+    every position, so HiResCAM equals Grad-CAM there; the map peaks on the cat."""
+    from conftest import in_box
+
+    plugins = cli(hirescam_site, "plugins", cwd=tmp_path)
+    assert plugins.returncode == 0, plugins.stderr
+    assert "[cnnviz-hirescam]" in row(plugins.stdout, "cnnviz_hirescam") and "methods: hirescam" in plugins.stdout
+
+    out = tmp_path / "out"
+    completed = cli(hirescam_site, "run", "hirescam", "--model", "efficientnet_lite0", "--image", photos["cat_on_grey"],
+                    "--target", "Egyptian cat", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    maps = np.load(out / "hirescam.maps.npy")
+    assert maps.shape == (1, 224, 224) and maps.min() >= 0 and in_box(maps[0])
+    assert json.loads((out / "hirescam.json").read_text())["params"]["layer"] is None  # the default layer
+
+    gradcam = cnnviz_core.run("gradcam", lite0, [photos["cat_on_grey"]], target="Egyptian cat")
+    np.testing.assert_allclose(maps, gradcam.maps, rtol=1e-4, atol=1e-6 * float(gradcam.maps.max()))
+
+
+def test_hirescam_own_tests_pass(hirescam_site, tmp_path):
+    run_own_tests(HIRESCAM, hirescam_site, tmp_path)

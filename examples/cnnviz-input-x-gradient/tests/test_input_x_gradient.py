@@ -132,5 +132,5 @@ def test_model_left_as_it_was(model, inputs):
 
 
 def test_neuron_target_is_refused_with_a_typed_error(model, inputs):
-    with pytest.raises(InputError, match="explains a class"):
+    with pytest.raises(InputError, match="input_x_gradient needs a class index or label name or top1; got the neuron target conv:0"):
         cnnviz_core.run("input_x_gradient", model, inputs, target="conv:0", device="cpu")

@@ -2,7 +2,8 @@
 plugin: the input times the gradient of the explained score with respect to it.
 
 One file, one method class, one hook implementation; the entry point in
-``pyproject.toml`` names this module.
+``pyproject.toml`` names this module. It imports only the public API: names of
+``cnnviz_core`` and of ``cnnviz_core.toolkit``, as the built-in methods do.
 """
 
 from __future__ import annotations
@@ -12,20 +13,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, hookimpl, param
-from cnnviz_core.targets import Target, resolve_classes
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, Target, hookimpl, param, resolve_classes
+from cnnviz_core.toolkit import class_scores
 
 
 @dataclasses.dataclass
 class InputXGradientParams(AttributionParams):
     # Inherited: score ("logit" or "prob") and batch_size.
     absolute: bool = param(False, "sum |x * grad| instead of x * grad over the colour channels (the per-channel image stays signed)")
-
-
-def explained_scores(logits: torch.Tensor, classes: np.ndarray, score: str) -> torch.Tensor:
-    """One differentiable score per input: the class's logit or softmax probability."""
-    values = logits.float().softmax(dim=1) if score == "prob" else logits.float()
-    return values.gather(1, torch.as_tensor(classes, device=values.device).view(-1, 1)).squeeze(1)
 
 
 class InputXGradient(AttributionMethod):
@@ -44,7 +39,7 @@ class InputXGradient(AttributionMethod):
         with torch.enable_grad():
             logits = self.adapter.module(x)
             classes = resolve_classes(targets, logits.detach().float().cpu().numpy())
-            scores = explained_scores(logits, classes, self.params.score)
+            scores = class_scores(logits, classes, self.params.score)  # the logit, or the probability
             # With respect to the input only: no parameter's .grad is touched.
             (gradient,) = torch.autograd.grad(scores.sum(), x)
         product = x.detach() * gradient  # (b, 3, H, W), raw
