@@ -74,8 +74,8 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
         if needs_image:
             parser.add_argument("--image", nargs="+", required=True, metavar="FILE", help="input image file(s)")
         parser.add_argument("--target", nargs="+", metavar="T", required=not needs_image,
-                            help="class index, label name, top1 (default) or layer:channel[@y,x]; one, or one per image"
-                            if needs_image else "what to make: class index, label name or layer:channel[@y,x]; one item per target")
+                            help="class index, label name, top1 (default), layer:channel (the channel's spatial mean) or layer:channel@y,x (one unit); one, or one per image"
+                            if needs_image else "what to make: class index, label name, layer:channel (the channel's spatial mean) or layer:channel@y,x (one unit); one item per target")
     if "analysis" in kinds:
         if any(getattr(cls, "uses_dataset", False) for cls in method_classes):
             parser.add_argument("--dataset", required=True, metavar="DIR",

@@ -18,10 +18,10 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from .capabilities import Capability
-from .errors import InputError, MethodError, TargetError
+from .errors import InputError, MethodError
 from .results import AttributionResult
 from .scheduler import Scheduler
-from .targets import Target
+from .targets import Target, validate_targets
 
 KINDS = ("attribution", "synthesis", "analysis")
 # Flags every `cnnviz run` has; a method parameter may not take these names.
@@ -143,9 +143,7 @@ class AttributionMethod(Method):
     def check_targets(self, targets: list[Target]) -> None:
         """Refuse targets this method cannot explain, before any batch runs.
         By default a method explains classes, not neurons."""
-        for target in targets:
-            if target.kind == "neuron":
-                raise TargetError(f"{self.name} explains a class; the neuron target {target.describe()} needs a neuron method")
+        validate_targets(targets, {"class", "top1"}, self.name, advice="a neuron target needs a neuron method")
 
     def attribute(self, inputs: np.ndarray, targets: list[Target]) -> Attribution:
         raise NotImplementedError
