@@ -1,15 +1,21 @@
 """The ``cnnviz`` command line: methods, models, plugins, run, demo, export-onnx.
 
-Exit 0 on success; exit 2 with a one-line message on bad input."""
+Exit 0 on success; exit 2 with a one-line message on bad input, on an output
+path that cannot be written (checked before any work) and on any OSError met
+while reading or writing. Warnings are printed as ``cnnviz: warning: ...``,
+one line each, from whichever thread raised them."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import warnings
 
 from . import api, atomic, render
 from .errors import CnnvizError, InputError
+from .output_paths import check_output_file, check_output_folder
+from .progress import progress_default
 from .registry import get_registry
 from .scheduler import Scheduler
 
@@ -43,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a method: cnnviz run METHOD --model M --image FILE... --out DIR "
                                           "(analyses: cnnviz run A [B ...] --model M --dataset DIR --out DIR)")
     run_methods = run.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=_Parser)
-    for name, method_class in get_registry().methods.items():
+    registry = get_registry()
+    for name, method_class in registry.methods.items():
+        try:  # on a scratch parser first: a method whose flags argparse refuses must not break every command
+            add_run_flags(_Parser(prog=name), [method_class])
+        except Exception as error:  # noqa: BLE001 - reported as that plugin's failure
+            registry.report_failure(method_class.plugin, f"method {name!r} cannot have CLI flags: {type(error).__name__}: {error}")
+            continue
         sub = run_methods.add_parser(name, help=method_class.summary(), description=method_class.summary())
         add_run_flags(sub, [method_class])
     demo = commands.add_parser("demo", help="run every method that applies on sample photos with the built-in model")
@@ -84,7 +96,7 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
                             help="continue an interrupted pass from its checkpoint in --out (default: yes)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (also: CNNVIZ_PROGRESS=0)")
     names: dict[str, list[str]] = {}
     seen: set[str] = set()
     for cls in method_classes:
@@ -117,6 +129,12 @@ def cmd_methods(args) -> int:
     for name, kind, needs, status, summary in rows:
         line = f"{name:<22} {kind:<12} needs {needs:<32}"
         print(f"{line} {status:<28} {summary}" if adapter is not None else f"{line} {summary}")
+    for clash in registry.clashes:
+        if clash.kind == "method":
+            print(f"{clash.name:<22} CLASH: registered by plugins {', '.join(clash.plugins)}; see `cnnviz plugins`")
+    if registry.failures:
+        names = ", ".join(sorted({f.name for f in registry.failures}))
+        print(f"cnnviz: warning: plugin(s) failed to load: {names}; see `cnnviz plugins`", file=sys.stderr)
     return 0
 
 
@@ -139,11 +157,16 @@ def cmd_plugins(args) -> int:
     for info in registry.plugins():
         contributed = [f"{label}: {', '.join(items)}" for label, items in
                        (("methods", info.methods), ("adapters", info.adapters), ("models", info.models)) if items]
-        print(f"{info.name:<20} [{info.distribution or 'registered in code'}] {'; '.join(contributed)}")
+        where = info.distribution or f"registered in code: {info.module}"
+        print(f"{info.name:<20} [{where}] {'; '.join(contributed)}")
     for failure in registry.failures:
-        print(f"FAILED {failure.name} [{failure.distribution}] {failure.value}: {failure.error}")
-        if args.verbose:
+        print(f"FAILED {failure.name} [{failure.distribution or 'registered in code'}] {failure.value}: {failure.error}")
+        if args.verbose and failure.details:
             print(failure.details)
+    for clash in registry.clashes:
+        print(f"CLASH {clash.message()}")
+    for name in registry.disabled:
+        print(f"DISABLED {name} (named in CNNVIZ_DISABLE_PLUGINS)")
     return 0
 
 
@@ -153,11 +176,15 @@ def cmd_run(args) -> int:
     methods = [args.method] if isinstance(args.method, str) else list(args.method)
     registry = get_registry()
     classes = [registry.method(name) for name in methods]
+    # everything the user typed is checked before the model loads
+    check_output_folder(args.out)
+    params = {name: collect_params(args, args.param_names[name]) for name in methods}
+    for method_class in classes:
+        method_class.make_params(**params[method_class.name])
     adapter = _load(args.model, args.weights)
     for method_class in classes:
         api.check_capabilities(method_class, adapter)
-    params = {name: collect_params(args, args.param_names[name]) for name in methods}
-    scheduler = Scheduler(device=args.device, progress=not args.quiet)
+    scheduler = Scheduler(device=args.device, progress=progress_default(False if args.quiet else None, default=True))
     kind = classes[0].kind
     if kind == "analysis":
         return _run_analyses(args, adapter, scheduler, params)
@@ -242,6 +269,7 @@ def parse_several_analyses(argv: list[str]) -> argparse.Namespace | None:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    check_output_folder(args.out)
     index = run_demo(args.out, model=args.model, device=args.device, only=args.only, onnx=args.onnx)
     print(f"demo written to {index}")
     return 0
@@ -252,6 +280,7 @@ def cmd_export(args) -> int:
 
     if not args.output.lower().endswith(".onnx"):
         raise InputError("the output path must end with .onnx")
+    check_output_file(args.output)
     path = export_onnx(_load(args.model, args.weights), args.output)
     print(f"wrote {path} and {path}.json")
     return 0
@@ -261,10 +290,42 @@ COMMANDS = {"methods": cmd_methods, "models": cmd_models, "plugins": cmd_plugins
             "demo": cmd_demo, "export-onnx": cmd_export}
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Replaces ``warnings.showwarning`` during a CLI run: one line, no source."""
+    stream = file or sys.stderr
+    try:
+        stream.write(f"cnnviz: warning: {' '.join(str(message).split())}\n")
+        stream.flush()
+    except (OSError, ValueError):  # stderr gone: nothing sensible left to do
+        pass
+
+
+def _refuse_clashing_names(argv: list[str]) -> None:
+    """`cnnviz run NAME` where two plugins register NAME: an error naming
+    both, before argparse would call it an unknown choice."""
+    if argv[:1] == ["run"]:
+        for token in argv[1:]:
+            if token.startswith("-"):
+                break
+            get_registry().check_name("method", token)
+
+
+def _os_error_line(error: OSError) -> str:
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{reason}: {error.filename}" if error.filename else reason
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():  # restores the usual display when main returns
+        warnings.showwarning = _print_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         try:
             argv = sys.argv[1:] if argv is None else list(argv)
+            _refuse_clashing_names(argv)
             args = parse_several_analyses(argv) or build_parser().parse_args(argv)
         except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
             return int(exit_request.code or 0)
@@ -272,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     except CnnvizError as error:
         message = " ".join(str(error).split())
         print(f"cnnviz: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # disk full, permission denied, a file vanished: one line, like bad input
+        print(f"cnnviz: error: {' '.join(_os_error_line(error).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("cnnviz: interrupted", file=sys.stderr)

@@ -19,18 +19,27 @@ import numpy as np
 
 from .capabilities import Capability
 from .errors import InputError, MethodError
+from .param_values import check_value
 from .results import AttributionResult
 from .scheduler import Scheduler
 from .targets import Target, validate_targets
 
 KINDS = ("attribution", "synthesis", "analysis")
-# Flags every `cnnviz run` has; a method parameter may not take these names.
-RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method", "dataset", "resume"})
+# Flags and argparse destinations every `cnnviz run` has; a method parameter
+# may not take these names.
+RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method", "dataset",
+                             "resume", "help", "command", "param_names"})
 
 
-def param(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None):
-    """A method parameter: its default, its help text, and optional checks."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+def param(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,
+          allow_nonfinite: bool = False):
+    """A method parameter: its default, its help text, and optional checks.
+
+    Values are checked against the field's type (see :mod:`cnnviz_core.param_values`);
+    a float must be finite unless ``allow_nonfinite`` (for a parameter where
+    ``inf`` means something, such as "no limit")."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
+                                                        "allow_nonfinite": allow_nonfinite})
 
 
 @dataclasses.dataclass
@@ -97,14 +106,19 @@ class Method:
 
     @classmethod
     def make_params(cls, **values):
-        """Build and check the Params dataclass; unknown names and bad values
-        raise InputError naming the method and the parameter."""
+        """Build and check the Params dataclass: unknown names, values of the
+        wrong type (or non-finite floats), values outside ``choices`` or below
+        ``minimum`` raise InputError naming the method and the parameter; then
+        the method's own :meth:`check_params` runs."""
         fields = {f.name: f for f in param_fields(cls.Params)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise InputError(
                 f"{cls.name}: unknown parameter(s) {', '.join(unknown)}; it takes: {', '.join(fields) or 'none'}"
             )
+        hints = param_types(cls.Params)
+        values = {name: check_value(cls.name, name, hints.get(name), value, fields[name].metadata.get("allow_nonfinite", False))
+                  for name, value in values.items()}
         params = cls.Params(**values)
         for name, field in fields.items():
             value = getattr(params, name)
@@ -208,3 +222,13 @@ def check_method_class(cls) -> None:
             )
         if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ValueError(f"{cls.__name__}.Params.{field.name} needs a default")
+    try:
+        hints = param_types(cls.Params)
+    except Exception as error:  # an annotation that names something undefined
+        raise ValueError(f"{cls.__name__}.Params: its annotations cannot be resolved ({type(error).__name__}: {error})") from None
+    for field in param_fields(cls.Params):
+        if field.default is not dataclasses.MISSING:
+            try:  # a default of the wrong type would be refused from every user
+                check_value(cls.name, field.name, hints.get(field.name), field.default, field.metadata.get("allow_nonfinite", False))
+            except InputError as error:
+                raise ValueError(f"{cls.__name__}.Params.{field.name} has a bad default: {error}") from None

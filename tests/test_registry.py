@@ -92,15 +92,50 @@ def test_empty_registry_has_nothing():
     assert registry.failures == []
 
 
-def test_duplicate_method_name_names_both_plugins(registry):
+def failure_of(registry, plugin_name):
+    failures = [f for f in registry.failures if f.name == plugin_name]
+    assert len(failures) == 1, registry.failures
+    return failures[0]
+
+
+def test_duplicate_method_name_is_an_error_only_where_used(registry):
     registry.register(plugin_of(make_method("twin")), name="plugin-one")
-    registry.register(plugin_of(make_method("twin")), name="plugin-two")
+    registry.register(plugin_of(make_method("twin"), make_method("single")), name="plugin-two")
+    registry.register(plugin_of(make_method("other")), name="plugin-three")
+    # every other method still works; the clashing name is left out of the list
+    assert list(registry.methods) == ["other", "single"]
+    assert registry.method("single").plugin == "plugin-two"
     with pytest.raises(PluginError) as info:
-        registry.methods
+        registry.method("twin")
     message = str(info.value)
-    assert "twin" in message
-    assert "plugin-one" in message
-    assert "plugin-two" in message
+    assert "'twin'" in message and "'plugin-one'" in message and "'plugin-two'" in message
+    assert "test_registry.Method_twin" in message  # which class each plugin contributes
+    (clash,) = registry.clashes
+    assert (clash.kind, clash.name, clash.plugins) == ("method", "twin", ("plugin-one", "plugin-two"))
+    assert registry.failures == []  # a clash is not a plugin failure: both plugins are fine alone
+    # removing one plugin resolves it
+    registry.unregister("plugin-one")
+    assert registry.method("twin").plugin == "plugin-two"
+
+
+def test_duplicate_model_name_is_an_error_only_where_used(registry):
+    def factory(**options):
+        raise AssertionError("never built in this test")
+
+    def models_plugin(*names):
+        @hookimpl
+        def cnnviz_models():
+            return [cnnviz_core.ModelEntry(n, factory) for n in names]
+
+        return types.SimpleNamespace(cnnviz_models=cnnviz_models)
+
+    registry.register(models_plugin("net", "solo"), name="zoo-a")
+    registry.register(models_plugin("net"), name="zoo-b")
+    assert list(registry.models) == ["solo"]
+    assert registry.models["solo"].plugin == "zoo-a"
+    with pytest.raises(PluginError, match="model name 'net'.*'zoo-a'.*'zoo-b'"):
+        registry.check_name("model", "net")
+    registry.check_name("model", "solo")  # no clash: no error
 
 
 class NotAMethod:
@@ -121,14 +156,17 @@ class PlainParams:  # not a dataclass
         (lambda: make_method("badkind", kind="magic"), "kind must be one of"),
     ],
 )
-def test_invalid_contribution_names_the_plugin(registry, contribution, reason):
+def test_invalid_contribution_is_a_failure_of_its_plugin_only(registry, contribution, reason):
     if callable(contribution) and not isinstance(contribution, type):
         contribution = contribution()
-    registry.register(plugin_of(contribution), name="broken-plugin")
-    with pytest.raises(PluginError) as info:
-        registry.methods
-    assert "broken-plugin" in str(info.value)
-    assert reason in str(info.value)
+    registry.register(plugin_of(contribution, make_method("sibling")), name="broken-plugin")
+    registry.register(plugin_of(make_method("fine")), name="good-plugin")
+    # the plugin's valid method and the other plugin's still load
+    assert list(registry.methods) == ["fine", "sibling"]
+    failure = failure_of(registry, "broken-plugin")
+    assert reason in failure.error and "invalid method" in failure.error
+    assert failure.value == __name__  # the module the plugin's hooks live in
+    assert {info.name: info.methods for info in registry.plugins()} == {"broken-plugin": ("sibling",), "good-plugin": ("fine",)}
 
 
 def test_params_field_without_default_is_refused(registry):
@@ -140,18 +178,94 @@ def test_params_field_without_default_is_refused(registry):
     # subclass via kw_only; build one directly.
     NoDefault = dataclasses.make_dataclass("NoDefault", [("steps", int, dataclasses.field(kw_only=True))], bases=(Params,))
     registry.register(plugin_of(make_method("nodefault", Params=NoDefault)), name="strict-plugin")
-    with pytest.raises(PluginError, match="strict-plugin.*needs a default"):
-        registry.methods
+    assert registry.methods == {}
+    assert "needs a default" in failure_of(registry, "strict-plugin").error
 
 
-def test_hook_that_raises_is_a_plugin_error(registry):
+@pytest.mark.parametrize("default, expected", [("three", "must be an integer"), (2.5, "must be an integer"),
+                                               (float("nan"), "must be a finite number")])
+def test_params_default_of_the_wrong_type_is_refused(registry, default, expected):
+    kind = float if isinstance(default, float) and default != default else int
+    BadDefault = dataclasses.make_dataclass("BadDefault", [("steps", kind, param(default, "steps"))], bases=(AttributionParams,))
+    registry.register(plugin_of(make_method("baddefault", Params=BadDefault)), name="sloppy-plugin")
+    assert registry.methods == {}
+    error = failure_of(registry, "sloppy-plugin").error
+    assert "bad default" in error and expected in error
+
+
+def test_hook_that_raises_is_a_failure_of_its_plugin(registry):
     @hookimpl
     def cnnviz_methods():
         raise RuntimeError("boom")
 
     registry.register(types.SimpleNamespace(cnnviz_methods=cnnviz_methods), name="exploding")
-    with pytest.raises(PluginError, match="exploding.*boom"):
-        registry.methods
+    registry.register(plugin_of(make_method("survivor")), name="calm")
+    assert list(registry.methods) == ["survivor"]
+    failure = failure_of(registry, "exploding")
+    assert failure.error == "cnnviz_methods() raised RuntimeError: boom"
+    assert "Traceback" in failure.details and "boom" in failure.details
+    assert {info.name for info in registry.plugins()} == {"exploding", "calm"}
+    # collected once: asking again neither calls the hook again nor duplicates the failure
+    assert len(registry.failures) == 1 and len(registry.failures) == 1
+
+
+def test_hook_returning_something_else_than_a_list(registry):
+    @hookimpl
+    def cnnviz_methods():
+        return make_method("lonely")  # a class, not a list of classes
+
+    registry.register(types.SimpleNamespace(cnnviz_methods=cnnviz_methods), name="unlisted")
+    assert registry.methods == {}
+    assert "returned type, not a list" in failure_of(registry, "unlisted").error
+
+
+def test_wrong_signature_is_refused_at_registration(registry):
+    @hookimpl
+    def cnnviz_methods(config):
+        return []
+
+    with pytest.raises(PluginError, match="'wrong-args'.*config"):
+        registry.register(types.SimpleNamespace(cnnviz_methods=cnnviz_methods), name="wrong-args")
+    assert registry.manager.list_name_plugin() == []  # left out, not half registered
+    assert registry.methods == {}
+
+
+def test_misspelled_hook_is_refused_at_registration(registry):
+    method = make_method("typo_method")
+
+    @hookimpl
+    def cnnviz_method():  # the hook is cnnviz_methods
+        return [method]
+
+    with pytest.raises(PluginError) as info:
+        registry.register(types.SimpleNamespace(cnnviz_method=cnnviz_method), name="typo")
+    assert "'cnnviz_method', which is not a cnnviz hook (did you mean 'cnnviz_methods'?)" in str(info.value)
+    assert registry.manager.list_name_plugin() == []
+
+
+def test_hook_without_decorator_is_refused_at_registration(registry):
+    def cnnviz_methods():
+        return [make_method("undecorated")]
+
+    with pytest.raises(PluginError, match="lacks the @cnnviz_core.hookimpl decorator"):
+        registry.register(types.SimpleNamespace(cnnviz_methods=cnnviz_methods), name="bare")
+
+
+def test_invalid_adapter_and_model_contributions(registry):
+    @hookimpl
+    def cnnviz_adapters():
+        return [NotAMethod]
+
+    @hookimpl
+    def cnnviz_models():
+        return ["efficientnet_lite0"]
+
+    registry.register(types.SimpleNamespace(cnnviz_adapters=cnnviz_adapters, cnnviz_models=cnnviz_models), name="junk")
+    assert registry.adapters == [] and registry.models == {}
+    errors = sorted(f.error for f in registry.failures)
+    assert len(errors) == 2
+    assert "not a cnnviz_core.ModelAdapter subclass" in errors[0]
+    assert "invalid model: 'efficientnet_lite0' is not a cnnviz_core.ModelEntry" in errors[1]
 
 
 # -- entry points -------------------------------------------------------------------------
@@ -349,3 +463,57 @@ def test_reserved_parameter_names_are_refused():
 
     with pytest.raises(ValueError, match="reserved"):
         check_method_class(Clashing)
+
+
+# -- real installed distributions (dist-info on sys.path, found by importlib.metadata) ----
+@pytest.fixture
+def plugin_site(tmp_path, monkeypatch):
+    from plugin_dists import write_plugin_site
+
+    site = tmp_path / "site"
+    owners = write_plugin_site(site)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
+    monkeypatch.delenv("CNNVIZ_DISABLE_PLUGINS", raising=False)
+    yield owners
+    import sys
+
+    for module in owners:
+        sys.modules.pop(module, None)
+
+
+def test_installed_plugins_are_isolated_from_each_other(plugin_site):
+    registry = Registry()
+    failures = {f.name: f for f in registry.failures}
+    expected = {
+        "cnnviz_test_wrong_signature": "are declared in the hookimpl but can not be found in the hookspec",
+        "cnnviz_test_misspelled_hook": "did you mean 'cnnviz_methods'?",
+        "cnnviz_test_raising_hook": "cnnviz_methods() raised RuntimeError: hook exploded",
+        "cnnviz_test_invalid_class": "is not a cnnviz_core.Method subclass",
+        "cnnviz_test_import_error": "ImportError: needs the missing_dependency package",
+    }
+    assert set(failures) == set(expected)
+    for name, message in expected.items():
+        assert message in failures[name].error, failures[name]
+        assert failures[name].distribution == plugin_site[name]  # reported with its distribution
+        assert failures[name].value == name  # and the module the entry point names
+        assert "\n" not in failures[name].error
+    # the built-ins and each clashing distribution's other method all load
+    assert {"gradcam", "occlusion", "own_method_a", "own_method_b"} <= set(registry.methods)
+    assert "twin_method" not in registry.methods
+    with pytest.raises(PluginError) as info:
+        registry.method("twin_method")
+    assert "cnnviz_test_clash_a" in str(info.value) and "cnnviz_test_clash_b" in str(info.value)
+    assert "cnnviz-clash-a" in str(info.value) and "cnnviz-clash-b" in str(info.value)
+    infos = {i.name: i for i in registry.plugins()}
+    assert infos["cnnviz_test_clash_a_own"].distribution == "cnnviz-clash-a"
+    assert infos["cnnviz_test_raising_hook"].methods == ()
+
+
+def test_disable_plugins_by_name(plugin_site, monkeypatch):
+    monkeypatch.setenv("CNNVIZ_DISABLE_PLUGINS", "cnnviz_test_clash_b, cnnviz_test_raising_hook")
+    registry = Registry()
+    assert registry.method("twin_method").plugin == "cnnviz_test_clash_a"  # the clash is gone
+    assert "own_method_b" in registry.methods  # only the named entry point is skipped
+    assert {"cnnviz_test_clash_b", "cnnviz_test_raising_hook"} == set(registry.disabled)
+    assert "cnnviz_test_raising_hook" not in {f.name for f in registry.failures}

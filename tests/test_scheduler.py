@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 
 import pytest
 
 from cnnviz_core.devices import DeviceInfo, DeviceInventory
 from cnnviz_core.errors import InputError, OutOfMemoryError
-from cnnviz_core.progress import Progress
 from cnnviz_core.scheduler import Scheduler, is_out_of_memory
 
 GiB = 1 << 30
@@ -327,46 +325,7 @@ def test_is_out_of_memory_recognises_torch_oom_class():
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA error")) is True
 
 
-# -- progress ---------------------------------------------------------------------
-def test_progress_with_zero_delay_prints_a_bar():
-    stream = io.StringIO()
-    progress = Progress(4, "occlusion", delay=0, stream=stream)
-    for _ in range(4):
-        progress.update(1)
-    progress.close()
-    text = stream.getvalue()
-    assert "occlusion" in text
-    assert "[" + "#" * 30 + "]" in text  # full bar at the end
-    assert "#" * 31 not in text
-    assert text.count("\r") == 4  # redrawn once per update
-    assert text.endswith("\n")
-
-
-def test_progress_default_delay_is_silent_on_fast_loop():
-    stream = io.StringIO()
-    progress = Progress(100, "fast", stream=stream)
-    for _ in range(100):
-        progress.update(1)
-    progress.close()
-    assert stream.getvalue() == ""
-    assert progress.done == 100
-
-
-def test_progress_disabled_prints_nothing_even_with_zero_delay():
-    stream = io.StringIO()
-    progress = Progress(3, "off", enabled=False, delay=0, stream=stream)
-    progress.update(3)
-    progress.close()
-    assert stream.getvalue() == ""
-
-
-def test_progress_never_counts_past_total():
-    stream = io.StringIO()
-    progress = Progress(2, delay=0, stream=stream)
-    progress.update(5)
-    assert progress.done == 2
-    assert "[" + "#" * 30 + "]" in stream.getvalue()
-    assert "#" * 31 not in stream.getvalue()
+# (progress itself: tests/test_progress.py)
 
 
 def test_backoff_is_remembered_across_calls_of_the_same_kind():
