@@ -24,6 +24,7 @@ def load_model(spec: Any, **options) -> ModelAdapter:
     if isinstance(spec, ModelAdapter):
         return spec
     registry = get_registry()
+    registry.check_name("model", spec)  # a name two plugins register: an error naming both
     if isinstance(spec, str) and spec in registry.models:
         return registry.models[spec].factory(**options)
     for adapter_class in registry.adapters:
@@ -75,6 +76,7 @@ def run(
     on_batch: Callable | None = None,
     keep_best: Callable | None = None,
     out: str | os.PathLike | None = None,
+    progress: bool | None = None,
     **params,
 ):
     """Run a registered method on a model.
@@ -100,6 +102,9 @@ def run(
     The model runs on ``device`` (``auto``: the GPU it is already on, else the
     GPU with the most free memory, else the CPU) and is put back where it was
     afterwards, on success or error.
+
+    ``progress=True`` shows a progress bar on stderr for long runs (default:
+    off, unless ``CNNVIZ_PROGRESS=1``).
     """
     method_class = get_registry().method(method)
     adapter = load_model(model)
@@ -107,7 +112,7 @@ def run(
         raise InputError(f"{method} analyses a dataset and takes no target")
     check_capabilities(method_class, adapter)
     method_params = method_class.make_params(**params)
-    with placed(adapter, scheduler_for(adapter, device, scheduler)) as chosen:
+    with placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as chosen:
         instance = method_class(adapter, method_params, chosen)
         if method_class.kind == "analysis":
             from .analysis_pass import run_pass
@@ -132,6 +137,7 @@ def analyze(
     scheduler: Scheduler | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Run several analyses over ONE streaming pass of ``dataset``: each batch
     is decoded and run through the model once, and the activations are shared.
@@ -148,19 +154,20 @@ def analyze(
             raise InputError(f"{name} is a {method_class.kind} method; only analyses share a dataset pass")
         check_capabilities(method_class, adapter)
         checked.append((method_class, method_class.make_params(**(params or {}))))
-    with placed(adapter, scheduler_for(adapter, device, scheduler)) as scheduler:
+    with placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as scheduler:
         instances = [method_class(adapter, method_params, scheduler) for method_class, method_params in checked]
         results = run_pass(instances, dataset, out=out, resume=resume)
     return dict(zip(chosen, results))
 
 
-def scheduler_for(adapter: ModelAdapter, device: str | None = None, scheduler: Scheduler | None = None) -> Scheduler:
+def scheduler_for(adapter: ModelAdapter, device: str | None = None, scheduler: Scheduler | None = None,
+                  progress: bool | None = None) -> Scheduler:
     """The given scheduler, or a new one for ``device`` that keeps the model
     on the GPU it is already on under ``auto``."""
     if scheduler is None:
-        return Scheduler(device=device or "auto", prefer=adapter.device)
-    if device is not None:
-        raise InputError("give either device or scheduler, not both")
+        return Scheduler(device=device or "auto", prefer=adapter.device, progress=progress)
+    if device is not None or progress is not None:
+        raise InputError("give either device/progress or scheduler, not both")
     return scheduler
 
 

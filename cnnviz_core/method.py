@@ -25,10 +25,11 @@ from .scheduler import Scheduler
 from .targets import Target, validate_targets
 
 KINDS = ("attribution", "synthesis", "analysis")
-# Flags and argparse destinations every `cnnviz run` has; a method parameter
-# may not take these names.
+# Flags and argparse destinations every `cnnviz run` has, and keyword
+# arguments of cnnviz_core.run; a method parameter may not take these names.
 RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method", "dataset",
-                             "resume", "help", "command", "param_names"})
+                             "resume", "help", "command", "param_names", "progress", "inputs", "scheduler",
+                             "on_batch", "keep_best"})
 
 
 def param(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,

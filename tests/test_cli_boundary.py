@@ -264,6 +264,8 @@ def test_python_api_is_silent_by_default(capfd, photos, monkeypatch):
             capfd.readouterr()
             cnnviz_core.run("noisy", model, [photos["chelsea"]] * 4, device="cpu")
             assert capfd.readouterr().err == ""  # 2.8 s of work, past the bar's 2 s delay
+            cnnviz_core.run("noisy", model, [photos["chelsea"]] * 4, device="cpu", progress=True)
+            assert "noisy: 100% (4/4)" in capfd.readouterr().err
             monkeypatch.setenv("CNNVIZ_PROGRESS", "1")
             cnnviz_core.run("noisy", model, [photos["chelsea"]] * 4, device="cpu")
             assert "noisy: 100% (4/4)" in capfd.readouterr().err

@@ -136,6 +136,12 @@ def test_duplicate_model_name_is_an_error_only_where_used(registry):
     with pytest.raises(PluginError, match="model name 'net'.*'zoo-a'.*'zoo-b'"):
         registry.check_name("model", "net")
     registry.check_name("model", "solo")  # no clash: no error
+    cnnviz_core.reset_registry(registry)
+    try:
+        with pytest.raises(PluginError, match="'zoo-a'.*'zoo-b'"):
+            cnnviz_core.load_model("net")
+    finally:
+        cnnviz_core.reset_registry(None)
 
 
 class NotAMethod:
