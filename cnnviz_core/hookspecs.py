@@ -4,6 +4,12 @@ contributes; the registry calls them with keyword arguments only.
 A plugin is any importable module (or object) with functions decorated by
 ``cnnviz_core.hookimpl`` and named like these specs, exposed through an entry
 point in the ``cnnviz`` group.
+
+The registry checks each plugin on its own: a hook with arguments, a function
+named like no hook here, a hook function without the decorator, a hook that
+raises or returns something else than a list, and an invalid contribution are
+reported by ``cnnviz plugins`` under the plugin's name and distribution, and
+the other plugins load as usual.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ def cnnviz_methods() -> list[type]:
 
     Each class carries its registry ``name``, its ``kind`` (attribution,
     synthesis, analysis), the capabilities it ``requires`` and its ``Params``
-    dataclass. A name already taken by another plugin is an error naming both.
+    dataclass. A name two plugins contribute is an error naming both where
+    the name is used (``cnnviz run NAME``); other methods keep working.
     """
 
 
@@ -38,4 +45,5 @@ def cnnviz_adapters() -> list[type]:
 def cnnviz_models() -> list:
     """Return ``cnnviz_core.ModelEntry`` records: named models users load by
     name (``load_model("efficientnet_lite0")``), each with a factory that builds
-    an adapter without touching the network."""
+    an adapter without touching the network. As for methods, a name two
+    plugins contribute is an error only when that model is loaded."""
