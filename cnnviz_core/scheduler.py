@@ -67,6 +67,10 @@ class Scheduler:
     def device_name(self) -> str:
         return self.device.name
 
+    def memory(self) -> tuple[int, int] | None:
+        """(free, total) bytes of the chosen device, asked now (None for the CPU)."""
+        return self.inventory.memory(self.device.name)
+
     @property
     def auto(self) -> bool:
         """The device was chosen by ``auto``, so another may stand in for it."""

@@ -128,12 +128,21 @@ def test_a_run_that_fails_midway_puts_the_model_back(kind, name, params, monkeyp
     assert_placed_as(adapter, before)
 
 
-def test_run_with_a_bad_target_puts_the_model_back(monkeypatch):
+BAD_INPUT = [
+    ("attribution", "saliency", {}, {"target": 99}, cnnviz_core.TargetError),
+    ("attribution", "gradcam", {"layer": "nope"}, {}, cnnviz_core.LayerNotFoundError),
+    ("synthesis", "adversarial", {"attack": "fgsm"}, {"target": [99]}, cnnviz_core.TargetError),
+    ("analysis", "top_patches", {"layer": "nope"}, {}, cnnviz_core.LayerNotFoundError),
+]
+
+
+@pytest.mark.parametrize("kind,name,params,overrides,error", BAD_INPUT, ids=[f"{c[1]}-{c[4].__name__}" for c in BAD_INPUT])
+def test_a_run_with_bad_input_leaves_the_model_as_it_was(kind, name, params, overrides, error, monkeypatch):
     adapter = adapter_with_odd_flags()
     before = placement(adapter.module)
     recorded_moves(adapter, monkeypatch)
-    with pytest.raises(cnnviz_core.TargetError):
-        run_kind("attribution", "saliency", {}, adapter, other_device_scheduler(), target=99)
+    with pytest.raises(error):
+        run_kind(kind, name, params, adapter, other_device_scheduler(), **overrides)
     assert_placed_as(adapter, before)
 
 

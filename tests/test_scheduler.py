@@ -156,9 +156,11 @@ def test_detect_lists_gpus_without_asking_their_memory_and_caches(monkeypatch):
     inventory = DeviceInventory.detect()
     assert [d.name for d in inventory.devices] == ["cuda:0", "cuda:1", "cpu"]
     assert DeviceInventory.detect() is inventory  # once per process
-    assert Scheduler("auto", progress=False).device_name == "cuda:0"
+    scheduler = Scheduler("auto", progress=False)
+    assert scheduler.device_name == "cuda:0"
     assert asked == []  # no context was created on any GPU
-    assert inventory.memory("cuda:1") == (GiB, 2 * GiB) and asked == ["cuda:1"]
+    assert scheduler.memory() == (GiB, 2 * GiB) and asked == ["cuda:0"]  # torch, for the one device chosen
+    assert Scheduler("cpu", progress=False).memory() is None
 
 
 # -- map_batches ---------------------------------------------------------------
