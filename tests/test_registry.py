@@ -112,6 +112,12 @@ def test_duplicate_method_name_is_an_error_only_where_used(registry):
     assert "test_registry.Method_twin" in message  # which class each plugin contributes
     (clash,) = registry.clashes
     assert (clash.kind, clash.name, clash.plugins) == ("method", "twin", ("plugin-one", "plugin-two"))
+    cnnviz_core.reset_registry(registry)
+    try:  # the Python API refuses it the same way, before touching the model
+        with pytest.raises(PluginError, match="'plugin-one'.*'plugin-two'"):
+            cnnviz_core.run("twin", model=object())
+    finally:
+        cnnviz_core.reset_registry(None)
     assert registry.failures == []  # a clash is not a plugin failure: both plugins are fine alone
     # removing one plugin resolves it
     registry.unregister("plugin-one")
