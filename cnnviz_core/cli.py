@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--only", nargs="+", metavar="METHOD", help="run only these methods")
     demo.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                       help="also run every method that applies on the model's ONNX export (default: yes)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar (also: CNNVIZ_PROGRESS=0)")
 
     export = commands.add_parser("export-onnx", help="export a torch model to ONNX with a preprocessing sidecar")
     export.add_argument("model")
@@ -270,7 +271,8 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     check_output_folder(args.out)
-    index = run_demo(args.out, model=args.model, device=args.device, only=args.only, onnx=args.onnx)
+    index = run_demo(args.out, model=args.model, device=args.device, only=args.only, onnx=args.onnx,
+                     progress=progress_default(False if args.quiet else None, default=True))
     print(f"demo written to {index}")
     return 0
 

@@ -67,8 +67,8 @@ def demo_plan(adapters: dict[str, Any], only: list[str] | None = None) -> list[t
 
 
 def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto", only: list[str] | None = None,
-             onnx: bool = True) -> str:
-    scheduler = Scheduler(device=device)
+             onnx: bool = True, progress: bool | None = None) -> str:
+    scheduler = Scheduler(device=device, progress=progress)
     adapter = api.load_model(model)
     adapter.to(scheduler.device_name)
     adapters = {"torch": adapter}
