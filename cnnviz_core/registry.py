@@ -145,6 +145,8 @@ class Registry:
             raise PluginError(_one_line(f"plugin {name!r}: {error}")) from None
         except ValueError as error:  # the name or the object is registered already
             raise PluginError(_one_line(f"plugin {name!r} cannot be registered: {error}")) from None
+        except Exception as error:  # noqa: BLE001 - e.g. an attribute that raises when pluggy scans the plugin
+            raise PluginError(_one_line(f"plugin {name!r} cannot be registered: {type(error).__name__}: {error}")) from None
         problems = self._hook_problems(plugin)
         if problems:
             self.manager.unregister(plugin)
@@ -169,7 +171,11 @@ class Registry:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"implements {hook_name!r}, which is not a cnnviz hook{hint}; the hooks are {', '.join(HOOKS)}")
         for hook_name in HOOKS:
-            if hook_name not in implemented and callable(getattr(plugin, hook_name, None)):
+            try:
+                candidate = getattr(plugin, hook_name, None)
+            except Exception:  # noqa: BLE001 - an attribute that raises is no hook
+                candidate = None
+            if hook_name not in implemented and callable(candidate):
                 problems.append(f"{hook_name}() lacks the @cnnviz_core.hookimpl decorator, so cnnviz would never call it")
         return problems
 
