@@ -1,12 +1,15 @@
 """ONNX adapter: any .onnx file through onnxruntime. Gradient free: it offers
 forward passes, intermediate tensors (exposed as extra graph outputs of a
-modified copy of the model) and the initializers as weights."""
+modified copy of the model) and the initializers as weights, and answers the
+contract's model questions from the graph (:mod:`cnnviz_adapters.onnx_model`)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -14,6 +17,11 @@ from cnnviz_core.adapter import ModelAdapter
 from cnnviz_core.capabilities import Capability
 from cnnviz_core.config import PreprocessConfig
 from cnnviz_core.errors import InputError, LayerNotFoundError, ModelLoadError
+from cnnviz_core.model_facts import CamHead, ForwardRunner, ReceptiveField, WeightLayer
+from cnnviz_core.model_probes import probed_receptive_field
+
+from . import geometry
+from .onnx_model import cam_head, classifier_input, receptive_field, shapes, stages, weight_layers
 
 SIDECAR_SUFFIX = ".json"  # lite0.onnx → lite0.onnx.json
 
@@ -38,9 +46,13 @@ def cuda_available() -> bool:
 
 
 def providers_for(device: str) -> list:
+    """onnxruntime's providers for a device. A CUDA device without a usable
+    CUDA provider is an InputError; under ``--device auto`` the run catches it
+    and falls back to the CPU with a warning (cnnviz_core.api.placed)."""
     if device.startswith("cuda"):
         if not cuda_available():
-            raise InputError(f"device {device} asked for, but onnxruntime has no usable CUDA provider here")
+            raise InputError(f"device {device} asked for, but onnxruntime has no usable CUDA provider here "
+                             "(install onnxruntime-gpu with its CUDA libraries, or use --device cpu)")
         index = int(device.split(":")[1]) if ":" in device else 0
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -57,6 +69,8 @@ class OnnxAdapter(ModelAdapter):
         self._session = None
         self._graph = None
         self._exposed: dict[tuple[str, ...], Any] = {}  # extra output names → session
+        self._overrides: dict[str, np.ndarray] = {}  # initializer name → its value inside with_weights
+        self.sidecar: dict = {}  # what the exporter wrote beside the file (config, labels, stages)
         self.device = "cpu"
 
     # -- loading -----------------------------------------------------------
@@ -82,6 +96,7 @@ class OnnxAdapter(ModelAdapter):
         except (TypeError, ValueError) as error:
             raise InputError(f"bad preprocessing for {path}: {error}") from None
         adapter = cls(path, config, labels if labels is not None else sidecar.get("labels"), name or sidecar.get("name"))
+        adapter.sidecar = sidecar
         adapter._open()  # fail now, with the file named, if onnxruntime cannot read it
         if "input_size" not in config_options and "config" not in sidecar:
             adapter.config = PreprocessConfig(**{**config.to_dict(), "input_size": adapter._static_input_size() or config.input_size})
@@ -96,12 +111,16 @@ class OnnxAdapter(ModelAdapter):
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: no provider warnings on CPU machines
+        providers = providers_for(self.device)
         try:
-            return onnxruntime.InferenceSession(model, sess_options=options, providers=providers_for(self.device))
-        except InputError:
-            raise
+            session = onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as error:
             raise ModelLoadError(f"onnxruntime cannot load {self.path}: {str(error).splitlines()[0][:300]}") from None
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" not in session.get_providers():
+            # onnxruntime drops a CUDA provider that fails to load (missing CUDA libraries) without an error
+            raise InputError(f"device {self.device} asked for, but onnxruntime could not start its CUDA provider "
+                             "(check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use --device cpu)")
+        return session
 
     def _open(self) -> None:
         self._session = self._new_session(self.path)
@@ -141,36 +160,19 @@ class OnnxAdapter(ModelAdapter):
         return [node.name or node.output[0] for node in self.graph().node]
 
     def default_layer(self) -> str:
-        """The last node whose output is a 4-D map with more than one position.
-        Shapes come from ONNX shape inference; where it leaves sizes unknown
-        (padding computed at run time, as in TF-"same" convolutions) they are
-        measured with one dummy forward."""
-        if getattr(self, "_default_layer", None) is None:
-            self._default_layer = self._find_default_layer()
-        return self._default_layer
-
-    def _find_default_layer(self) -> str:
-        import onnx
-
-        model = onnx.shape_inference.infer_shapes(onnx.load(self.path, load_external_data=False))
-        shapes = {}
-        for info in model.graph.value_info:
-            shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
-        nodes = [node for node in model.graph.node if node.output]
-        unknown = [n.output[0] for n in nodes if n.output[0] not in shapes or
-                   (len(shapes[n.output[0]]) == 4 and None in shapes[n.output[0]][2:])]
-        if unknown:
-            _, measured = self.logits_and_activations(np.zeros((1, 3, *self.config.input_size), np.float32), unknown)
-            shapes.update({name: list(np.shape(value)) for name, value in measured.items()})
-            self._exposed.pop(tuple(sorted(set(unknown) - {self._output_name})), None)  # a one-off session: do not keep it
+        """The last node whose output is a 4-D map with more than one position."""
+        shapes = self._tensor_shapes()
         last = None
-        for node in nodes:
-            dims = shapes.get(node.output[0])
+        for node in self.graph().node:
+            dims = shapes.get(node.output[0]) if node.output else None
             if dims and len(dims) == 4 and (dims[2] or 0) * (dims[3] or 0) > 1:
                 last = node.name or node.output[0]
         if last is None:
             raise LayerNotFoundError("<a spatial feature layer>", self.layers())
         return last
+
+    def _tensor_shapes(self) -> dict[str, tuple]:
+        return self._remembered("tensor shapes", lambda: shapes.tensor_shapes(self))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": os.path.abspath(self.path), "providers": self._session.get_providers()}
@@ -233,22 +235,34 @@ class OnnxAdapter(ModelAdapter):
         by_tensor = {self._output_name: np.asarray(outputs[0]), **dict(zip(wanted, outputs[1:]))}
         return logits, {name: np.asarray(by_tensor[tensor]) for name, tensor in tensors.items()}
 
-    def _exposing(self, tensors: tuple[str, ...]):
+    def _exposing(self, tensors: tuple[str, ...], keep: bool = True):
         """A session on a copy of the model with ``tensors`` added as graph
-        outputs; built once per set of tensors and kept (a few at most)."""
+        outputs; built once per set of tensors and kept (a few at most)
+        unless ``keep`` is False."""
         if not tensors:
             return self._session
         if tensors not in self._exposed:
             import onnx
 
-            model = onnx.load(self.path)  # external data, if any, read from beside the file
+            model = self._model()
             present = {o.name for o in model.graph.output}
             model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in present)
             session = self._new_session(model.SerializeToString())
+            if not keep:
+                return session
             while len(self._exposed) >= self.max_cached_sessions:
                 self._exposed.pop(next(iter(self._exposed)))
             self._exposed[tensors] = session
         return self._exposed[tensors]
+
+    def exposed_once(self, inputs: np.ndarray, tensors: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named tensors for one batch from a session built for this call
+        only (many tensors at once, once: not worth keeping)."""
+        wanted = tuple(sorted(set(tensors) - {self._output_name}))
+        session = self._exposing(wanted, keep=False)
+        values = session.run([self._output_name, *wanted], {self._input.name: np.ascontiguousarray(inputs, np.float32)})
+        by_name = {self._output_name: values[0], **dict(zip(wanted, values[1:]))}
+        return {name: np.asarray(by_name[name]) for name in tensors}
 
     def weights(self) -> dict[str, np.ndarray]:
         """The graph's initializers by name, as numpy arrays."""
@@ -257,6 +271,78 @@ class OnnxAdapter(ModelAdapter):
 
         model = onnx.load(self.path)
         return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+    def weight_layers(self) -> list[WeightLayer]:
+        return weight_layers.weight_layers(self.graph(), self.weights())
+
+    @contextlib.contextmanager
+    def with_weights(self, overrides: Mapping[str, np.ndarray]) -> Iterator["OnnxAdapter"]:
+        """The graph run with the initializers of the named layers replaced:
+        one session on an in-memory copy of the model, built for the block
+        and dropped on exit (the file is only read)."""
+        layers = self.check_overrides(overrides)
+        values = {layers[name].weight_name: np.asarray(array, dtype=layers[name].weight.dtype) for name, array in overrides.items()}
+        saved = (self._session, self._exposed, self._overrides)
+        self._exposed, self._overrides = {}, {**self._overrides, **values}
+        try:
+            self._session = self._new_session(self._model().SerializeToString())
+            yield self
+        finally:
+            self._session, self._exposed, self._overrides = saved
+
+    def _model(self):
+        """The model read from its file (external data too), with the
+        initializers ``with_weights`` replaces."""
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(self.path)  # external data, if any, read from beside the file
+        for initializer in model.graph.initializer:
+            if initializer.name in self._overrides:
+                initializer.CopyFrom(numpy_helper.from_array(self._overrides[initializer.name], initializer.name))
+        return model
+
+    def forward_runners(self) -> dict[str, Callable[[], ForwardRunner]]:
+        """Its own onnxruntime session (the one ``logits`` runs)."""
+        def build() -> ForwardRunner:
+            return ForwardRunner("onnx adapter", self.logits, facts={"providers": list(self._session.get_providers())})
+
+        return {"onnxruntime": build}
+
+    # -- model questions -----------------------------------------------------
+    def layer_shapes(self, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+        known = self._tensor_shapes()
+        found = {name: known.get(self.tensor_name(name)) for name in names}
+        missing = [name for name, shape in found.items() if shape is None or None in shape[1:]]
+        found.update(super().layer_shapes(missing) if missing else {})
+        return {name: (1, *shape[1:]) for name, shape in found.items()}
+
+    def stage_outputs(self) -> list[str]:
+        return self._remembered("stages", lambda: stages.stage_outputs(self, self._tensor_shapes()))
+
+    def classifier_input_layer(self) -> str | None:
+        return classifier_input.classifier_input_layer(self)
+
+    def cam_head(self) -> CamHead:
+        return cam_head.cam_head(self)
+
+    def receptive_field(self, layer: str, verify: bool = True) -> ReceptiveField:
+        traced = receptive_field.layer_field(self, layer)
+        return geometry.receptive_field(self, layer, traced, lambda: probed_receptive_field(self, layer), verify)
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the model file's bytes and of any external-data files
+        its initializers point to, read now (the file may be replaced)."""
+        digest = hashlib.sha256()
+        folder = os.path.dirname(os.path.abspath(self.path))
+        external = sorted({entry.value for init in self.graph().initializer for entry in init.external_data
+                           if entry.key == "location"})
+        for path in [self.path, *(os.path.join(folder, name) for name in external)]:
+            digest.update(os.path.basename(path).encode() + b"|")
+            with open(path, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
 
 
 def _read_sidecar(path: str) -> dict:

@@ -8,7 +8,8 @@ folder, is flushed to disk, then renamed, so a crash or a concurrent run never
 leaves a half-written model under the final name. Within a process the
 fingerprint of an unchanged module and the onnxruntime sessions are kept, so
 a second run on the same model neither hashes its weights nor builds its
-session again."""
+session again; a session is let go once the last torch module it was exported
+from is garbage-collected, and only the latest few are kept."""
 
 from __future__ import annotations
 
@@ -24,57 +25,25 @@ import weakref
 
 import torch
 
-from cnnviz_core import atomic
+from cnnviz_core import atomic, notes
 from cnnviz_core.errors import InputError, ModelLoadError
 
 from .onnx_adapter import providers_for
 from .onnx_export import OPSET, export_onnx
 from .torch_adapter import TorchAdapter
+from .torch_model.digest import module_digest
 
-CACHE_ENV = "CNNVIZ_CACHE"
+CACHE_ENV = notes.CACHE_ENV
 MAX_SESSIONS = 2  # sessions hold a copy of the weights: keep only the latest few
 
-_fingerprints: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
 _sessions: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+_users: "dict[str, weakref.WeakSet]" = {}  # model file → the live torch modules it is the ONNX copy of
 _lock = threading.Lock()
 
 
 def cache_folder() -> str:
-    """Where exported models are kept: $CNNVIZ_CACHE, else ~/.cache/cnnviz."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cnnviz")
-    return os.path.join(root, "onnx")
-
-
-def _state_signature(module: torch.nn.Module) -> tuple:
-    """Cheap identity of the module's tensors: an in-place update bumps a
-    tensor's version counter, a replaced tensor has a new storage."""
-    tensors = module.state_dict(keep_vars=True)
-    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for name, t in tensors.items())
-
-
-def _weights_digest(module: torch.nn.Module) -> str:
-    hasher = hashlib.sha256()
-    hasher.update(type(module).__module__.encode() + b"." + type(module).__qualname__.encode())
-    hasher.update(repr(module).encode())  # the architecture as torch prints it
-    for name, tensor in module.state_dict().items():
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        hasher.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        hasher.update(data.view(torch.uint8).numpy())  # the bytes, without a copy
-    return hasher.hexdigest()
-
-
-def module_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of the module's class, printed architecture and every parameter
-    and buffer; remembered per module until one of its tensors changes."""
-    signature = _state_signature(module)
-    with _lock:
-        known = _fingerprints.get(module)
-    if known is not None and known[0] == signature:
-        return known[1]
-    digest = _weights_digest(module)
-    with _lock:
-        _fingerprints[module] = (signature, digest)
-    return digest
+    """Where exported models are kept: onnx/ in the cache folder ($CNNVIZ_CACHE, else ~/.cache/cnnviz)."""
+    return os.path.join(notes.cache_root(), "onnx")
 
 
 def fingerprint(adapter: TorchAdapter) -> str:
@@ -154,51 +123,39 @@ def clear_sessions() -> None:
         _sessions.clear()
 
 
+def _tie(module: torch.nn.Module, path: str) -> None:
+    """Let the sessions on ``path`` go when no live module uses it any more."""
+    path = os.path.abspath(path)
+    with _lock:
+        users = _users.setdefault(path, weakref.WeakSet())
+        if module in users:
+            return
+        users.add(module)
+    weakref.finalize(module, _release, path)
+
+
+def _release(path: str) -> None:
+    with _lock:
+        users = _users.get(path)
+        if users is not None and any(True for _ in users):
+            return  # another live module shares this copy (equal weights)
+        _users.pop(path, None)
+        for key in [key for key in _sessions if key[0] == path]:
+            del _sessions[key]
+
+
 def cached_session(adapter: TorchAdapter) -> tuple[object, CachedModel]:
     """The adapter's cached ONNX copy (exported now if missing) and an
     onnxruntime session on it for the adapter's device. A cached file that
     onnxruntime cannot read (damaged on disk) is exported again, once."""
     model = cached_onnx(adapter)
     try:
-        return session_for(model.path, adapter.device), model
+        session = session_for(model.path, adapter.device)
     except ModelLoadError:
         if model.exported:
             raise
         os.remove(model.path)
         model = cached_onnx(adapter)
-        return session_for(model.path, adapter.device), model
-
-
-# -- small facts about a model worth keeping between processes ----------------
-NOTES = "notes.json"
-
-
-def read_note(key: str):
-    """A value noted earlier under ``key`` in the cache folder, or None."""
-    import json
-
-    try:
-        with open(os.path.join(cache_folder(), NOTES), encoding="utf-8") as stream:
-            notes = json.load(stream)
-    except (OSError, ValueError):
-        return None
-    return notes.get(key) if isinstance(notes, dict) else None
-
-
-def write_note(key: str, value) -> None:
-    """Note a small JSON value under ``key`` (atomic; a concurrent writer's
-    note may be lost, which only costs recomputing it)."""
-    import json
-
-    path = os.path.join(cache_folder(), NOTES)
-    try:
-        with open(path, encoding="utf-8") as stream:
-            notes = json.load(stream)
-        notes = notes if isinstance(notes, dict) else {}
-    except (OSError, ValueError):
-        notes = {}
-    notes[key] = value
-    try:
-        atomic.write_json(path, notes)
-    except OSError:
-        pass  # a read-only cache only loses the shortcut
+        session = session_for(model.path, adapter.device)
+    _tie(adapter.module, model.path)
+    return session, model

@@ -1,10 +1,12 @@
-"""PyTorch adapter: timm models by name (``timm:resnet18``) and any nn.Module."""
+"""PyTorch adapter: timm models by name (``timm:resnet18``) and any nn.Module.
+It answers the contract's model questions from the module itself
+(:mod:`cnnviz_adapters.torch_model`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,8 +16,13 @@ from cnnviz_core.adapter import ModelAdapter
 from cnnviz_core.capabilities import Capability
 from cnnviz_core.config import PreprocessConfig
 from cnnviz_core.errors import InputError, LayerNotFoundError, ModelLoadError
-
+from cnnviz_core.model_facts import CamHead, ForwardRunner, ReceptiveField, WeightLayer
+from cnnviz_core.model_probes import read_only
 from cnnviz_core.toolkit.hooks import capture_outputs, eval_mode, forward_hooks
+
+from . import geometry
+from .torch_model import cam_head, classifier_input, receptive_field, runners, stages, weight_layers, weight_swap
+from .torch_model.digest import module_digest
 
 TIMM_PREFIX = "timm:"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -120,7 +127,40 @@ class TorchAdapter(ModelAdapter):
         return {name: tuple(outputs[name].shape) for name in names if isinstance(outputs.get(name), torch.Tensor)}
 
     def weights(self) -> dict[str, np.ndarray]:
-        return {name: p.detach().cpu().numpy() for name, p in self.module.named_parameters()}
+        """The parameters by name, read-only (views on the CPU: writing to them
+        would change the model)."""
+        return {name: read_only(p.detach().cpu().numpy()) for name, p in self.module.named_parameters()}
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the module's class, printed architecture and state dict
+        (parameters and buffers: names, dtypes, shapes and bytes); remembered
+        per module until one of its tensors changes in place or is replaced."""
+        return module_digest(self.module)
+
+    def weight_layers(self) -> list[WeightLayer]:
+        return weight_layers.weight_layers(self.module)
+
+    @contextlib.contextmanager
+    def with_weights(self, overrides: Mapping[str, np.ndarray]) -> Iterator["TorchAdapter"]:
+        with weight_swap.swapped_weights(self, overrides):
+            yield self
+
+    # -- model questions -----------------------------------------------------
+    def stage_outputs(self) -> list[str]:
+        return self._remembered("stages", lambda: stages.stage_outputs(self))
+
+    def classifier_input_layer(self) -> str | None:
+        return classifier_input.classifier_input_layer(self)
+
+    def cam_head(self) -> CamHead:
+        return cam_head.cam_head(self)
+
+    def receptive_field(self, layer: str, verify: bool = True) -> ReceptiveField:
+        traced = receptive_field.layer_field(self, layer)
+        return geometry.receptive_field(self, layer, traced, lambda: receptive_field.measured_field(self, layer), verify)
+
+    def forward_runners(self) -> dict[str, Callable[[], ForwardRunner]]:
+        return runners.forward_runners(self)
 
     # -- running -----------------------------------------------------------
     def to(self, device: str) -> "TorchAdapter":

@@ -14,7 +14,7 @@ methods); the other modules are internal. ``import cnnviz_core`` does not
 import torch.
 """
 
-from . import images, plots, render
+from . import images, notes, plots, render
 from .adapter import ModelAdapter, ModelEntry, select_scores
 from .analysis import Analysis, AnalysisMethod, AnalysisParams
 from .api import analyze, check_capabilities, load_model, methods, missing_capabilities, models, run
@@ -22,6 +22,7 @@ from .capabilities import Capability
 from .config import PreprocessConfig
 from .dataset import Dataset, DatasetBatch
 from .errors import (
+    AdapterError,
     CapabilityError,
     CnnvizError,
     ImageLoadError,
@@ -36,6 +37,7 @@ from .errors import (
     TargetError,
 )
 from .hookspecs import hookimpl
+from .model_facts import CamHead, ForwardRunner, ReceptiveField, Span, WeightLayer, WeightLayerNotFoundError
 from .method import Attribution, AttributionMethod, AttributionParams, Method, MethodParams, param
 from .registry import get_registry, reset_registry
 from .results import AttributionResult
@@ -58,4 +60,6 @@ __all__ = [
     "missing_capabilities", "models", "param", "parse_target", "reset_registry", "run",
     # for plugins: targets, score selection, pictures
     "TARGET_KINDS", "images", "plots", "render", "resolve_classes", "select_scores", "validate_targets",
+    # the adapter contract's answers (cnnviz_core.ModelAdapter), and small facts kept between processes
+    "AdapterError", "CamHead", "ForwardRunner", "ReceptiveField", "Span", "WeightLayer", "WeightLayerNotFoundError", "notes",
 ]

@@ -76,6 +76,17 @@ class MethodError(CnnvizError):
         super().__init__(f"{method}: {message}")
 
 
+class AdapterError(CnnvizError):
+    """A question of the adapter contract (cnnviz_core.ModelAdapter) that this
+    adapter cannot answer: it lacks the capability the question needs, or
+    does not implement it. Names the adapter and the question."""
+
+    def __init__(self, adapter: str, question: str, reason: str):
+        self.adapter = adapter
+        self.question = question
+        super().__init__(f"adapter {adapter!r} cannot answer {question}: {reason}")
+
+
 class OutOfMemoryError(CnnvizError, MemoryError):
     """Out of memory even at batch size 1."""
 

@@ -20,7 +20,7 @@ from cnnviz_core.errors import InputError, LayerNotFoundError
 from cnnviz_core.images import denormalize
 from cnnviz_core.targets import parse_targets
 from cnnviz_plugins.synthesis.support.objectives import forward, objective_values
-from cnnviz_plugins.synthesis.deepdream import mid_level_layer, octave_sizes
+from cnnviz_plugins.synthesis.deepdream import octave_sizes
 from conftest import hook_total, state_copy, states_equal
 
 SIZE = 96
@@ -98,8 +98,8 @@ def test_batching_and_seeds(lite0_96, pixels):
 
 
 def test_default_layer_is_the_stage_before_the_last(lite0_96):
-    assert mid_level_layer(lite0_96) == "blocks.4"  # 14x14 at 224 px
-    assert mid_level_layer(cnnviz_core.load_model("timm:resnet18")) == "layer3"
+    assert lite0_96.mid_level_layer() == "blocks.4"  # 14x14 at 224 px
+    assert cnnviz_core.load_model("timm:resnet18").mid_level_layer() == "layer3"
     assert octave_sizes((96, 96), 3, 1.4) == [(49, 49), (69, 69), (96, 96)]
 
 

@@ -18,7 +18,6 @@ import cnnviz_core
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core.cli import main
 from cnnviz_core.errors import InputError, LayerNotFoundError, TargetError
-from cnnviz_adapters.inspect.stages import middle_stage, stage_outputs
 from cnnviz_plugins.synthesis.support.image_priors import PIXEL_NORM, PIXEL_VARIATION, alpha_norm, total_variation
 from conftest import SMALL_CONFIG, hook_total, small_torch_adapter, state_copy, states_equal
 from tiny_models import SmallConvNet
@@ -163,23 +162,23 @@ def test_cli_writes_the_pair(photos, tmp_path):
 
 
 def test_default_layer_is_the_last_but_one_stage(lite0):
-    assert stage_outputs(lite0) == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
-    assert middle_stage(stage_outputs(lite0)) == "blocks.4"
+    assert lite0.stage_outputs() == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+    assert lite0.mid_level_layer() == "blocks.4"
     with torch.device("meta"):  # names only: no weights are made
         resnet = TorchAdapter(timm.create_model("resnet18"))
         vgg = TorchAdapter(timm.create_model("vgg16"))
-    assert stage_outputs(resnet) == ["act1", "layer1", "layer2", "layer3", "layer4"] and middle_stage(stage_outputs(resnet)) == "layer3"
+    assert resnet.stage_outputs() == ["act1", "layer1", "layer2", "layer3", "layer4"] and resnet.mid_level_layer() == "layer3"
     # vgg16 lists its last max-pool as a stage too; a pooling layer only subsamples, so it is left out
-    assert stage_outputs(vgg) == ["features.3", "features.8", "features.15", "features.22", "features.29"]
+    assert vgg.stage_outputs() == ["features.3", "features.8", "features.15", "features.22", "features.29"]
 
 
 def test_stages_found_by_resolution_without_feature_info():
     plain = torchvision.models.resnet18(num_classes=10)
     config = cnnviz_core.PreprocessConfig(input_size=(64, 64))
-    assert stage_outputs(TorchAdapter(plain, "tv_resnet18", config)) == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert TorchAdapter(plain, "tv_resnet18", config).stage_outputs() == ["relu", "layer1", "layer2", "layer3", "layer4"]
     small = small_torch_adapter()
     # conv 32x32 → pool → conv 16x16: the 32 px stage ends at its ReLU, the 16 px one is the whole features block
-    assert stage_outputs(small) == ["features.2", "features"]
+    assert small.stage_outputs() == ["features.2", "features"]
     assert hook_total(small.module) == 0 and hook_total(plain) == 0
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import cnnviz_core
+from cnnviz_core import notes
 from cnnviz_adapters import onnx_runtime_cache as cache
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from conftest import SMALL_CONFIG, small_torch_adapter
@@ -112,11 +113,12 @@ def test_only_torch_models_are_exported(small_onnx_path):
 
 
 def test_notes_survive_and_a_damaged_notes_file_is_replaced(folder):
-    assert cache.read_note("missing") is None
-    cache.write_note("a", 0.25)
-    cache.write_note("b", [1, 2])
-    assert cache.read_note("a") == 0.25 and cache.read_note("b") == [1, 2]
-    (folder / cache.NOTES).write_text("{broken")
-    assert cache.read_note("a") is None
-    cache.write_note("c", 1)
-    assert cache.read_note("c") == 1
+    assert notes.read("missing") is None
+    notes.write("a", 0.25)
+    notes.write("b", [1, 2])
+    assert notes.read("a") == 0.25 and notes.read("b") == [1, 2]
+    root = folder.parent  # $CNNVIZ_CACHE: notes beside the onnx/ folder of exported models
+    (root / notes.NOTES).write_text("{broken")
+    assert notes.read("a") is None
+    notes.write("c", 1)
+    assert notes.read("c") == 1

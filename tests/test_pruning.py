@@ -20,8 +20,7 @@ from cnnviz_adapters.onnx_export import export_onnx
 from cnnviz_core.cli import main as cli_main
 from cnnviz_core.errors import InputError
 
-from cnnviz_plugins.analysis.pruning.magnitude import global_cuts
-from cnnviz_plugins.analysis.pruning.torch_weights import pruning_mask
+from cnnviz_plugins.analysis.pruning.magnitude import global_cuts, prune
 
 from conftest import state_copy, states_equal
 from digits import as_images, digits_adapter, digits_split, write_digits_folder
@@ -65,21 +64,24 @@ def pruned_accuracy(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, sp
     return float(np.mean(predicted == labels))
 
 
-def test_cuts_prune_exact_counts_through_ties_on_numpy_and_torch():
+def test_cuts_prune_exact_counts_through_ties_in_logical_order_whatever_the_layout():
     first = np.array([[0.0, 0.5, -0.5], [0.1, 0.0, 0.5]], np.float32)
     second = np.array([0.5, -0.1, 0.0, 2.0], np.float32)  # |w| sorted: 0 0 0 .1 .1 .5 .5 .5 .5 2
     cuts = global_cuts([first, second], np.array([0, 20, 40, 70, 100]))
     assert [c.count for c in cuts] == [0, 2, 4, 7, 10] and [c.threshold for c in cuts] == pytest.approx([0, 0, 0.1, 0.5, 2.0])
     assert cuts[1].ties == (2, 0) and cuts[3].ties == (2, 0)  # ties go in layer order, then flat order
-    channels_last = torch.from_numpy(np.stack([first, first])[:, None]).contiguous(memory_format=torch.channels_last)
+    # a channels-last torch weight as the adapter hands it over (a strided view) prunes as its contiguous copy
+    kernel = np.stack([first, -first, first])[None]  # (1, 3, 2, 3): ties across channels
+    channels_last = torch.from_numpy(kernel).contiguous(memory_format=torch.channels_last).numpy()
+    assert not channels_last.flags.c_contiguous
+    for cut in global_cuts([kernel, second], np.array([10, 30, 60])):
+        assert np.array_equal(prune(channels_last, cut, 0), prune(kernel, cut, 0))
     for cut in cuts:
         masks = [cut.mask(np.abs(first), 0), cut.mask(np.abs(second), 1)]
         assert sum(int(m.sum()) for m in masks) == cut.count
         for layer, (weight, mask) in enumerate(zip((first, second), masks)):
             assert np.all(np.abs(weight[mask]) <= cut.threshold) and np.all(np.abs(weight[~mask]) >= cut.threshold)
-            assert np.array_equal(pruning_mask(torch.from_numpy(weight), cut, layer).numpy(), mask)
-        stacked = pruning_mask(channels_last, cut, 0).numpy()  # a channels-last weight: the same flat order
-        assert np.array_equal(stacked[0, 0], masks[0])
+            assert np.array_equal(prune(weight, cut, layer) == 0, mask | (weight == 0))
 
 
 def test_curve_starts_at_the_models_accuracy_and_falls(digits, test_set, torch_curve):

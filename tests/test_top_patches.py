@@ -18,7 +18,8 @@ from cnnviz_adapters.onnx_export import export_onnx
 from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core import InputError, LayerNotFoundError
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_adapters.inspect.receptive_field import LayerGeometry, outside_dependence, receptive_field
+from cnnviz_core import ReceptiveField, Span
+from cnnviz_core.model_probes import outside_dependence
 
 from conftest import hook_total, state_copy, states_equal
 from digits import as_images, digits_adapter, digits_split
@@ -124,7 +125,7 @@ def test_linear_net_boxes_equal_the_gradient_support_at_every_position():
     adapter = strided_adapter(linear=True)
     image = np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32)
     for layer in ("conv1", "pool", "conv2", "act2", "conv3"):
-        geometry = receptive_field(adapter, layer)
+        geometry = adapter.receptive_field(layer)
         assert geometry.method == "graph"
         units = [(None, y, x) for y in range(len(geometry.rows)) for x in range(len(geometry.cols))]
         supports = unit_supports(adapter, layer, np.repeat(image[None], len(units), axis=0), units)
@@ -136,7 +137,7 @@ def test_receptive_field_by_hand_for_the_first_layers():
     """conv1 reads the left/top-padded image: output row y covers padded rows
     2y − 1 .. 2y + 3, i.e. image rows 2y − 2 .. 2y + 2 (pad top 1), clipped;
     columns 2x − 3 .. 2x + 1 (pad left 2)."""
-    geometry = receptive_field(strided_adapter(), "conv1")
+    geometry = strided_adapter().receptive_field("conv1")
     assert len(geometry.rows) == 16 and len(geometry.cols) == 16  # (32 + 1 + 2·1 − 5) // 2 + 1; (32 + 2 + 2·1 − 5) // 2 + 1
     for y in range(16):
         assert (geometry.rows.lo[y], geometry.rows.hi[y]) == (max(2 * y - 2, 0), min(2 * y + 2, 31))
@@ -149,7 +150,7 @@ def test_torch_and_onnx_geometry_agree_on_the_strided_net(tmp_path):
     onnx_adapter = cnnviz_core.load_model(path)
     tensors = {"conv2": "/conv2/Conv", "act2": "/act2/Relu", "conv3": "/conv3/Conv"}
     for torch_layer, onnx_layer in tensors.items():
-        a, b = receptive_field(adapter, torch_layer), receptive_field(onnx_adapter, onnx_layer)
+        a, b = adapter.receptive_field(torch_layer), onnx_adapter.receptive_field(onnx_layer)
         assert b.method == "graph"
         for span_a, span_b in ((a.rows, b.rows), (a.cols, b.cols)):
             assert np.array_equal(span_a.lo, span_b.lo) and np.array_equal(span_a.hi, span_b.hi)
@@ -186,9 +187,9 @@ def test_busy_net_geometry_is_followed_and_holds_the_support(tmp_path):
     image = np.random.default_rng(0).normal(size=(3, 24, 24)).astype(np.float32)
     onnx_adapter = cnnviz_core.load_model(export_onnx(adapter, tmp_path / "busy.onnx"))
     for layer, onnx_layer in (("conv3", "/conv3/Conv"), ("out", "/pool/AveragePool")):
-        geometry = receptive_field(adapter, layer)
+        geometry = adapter.receptive_field(layer)
         assert geometry.method == "graph", layer
-        onnx_geometry = receptive_field(onnx_adapter, onnx_layer)
+        onnx_geometry = onnx_adapter.receptive_field(onnx_layer)
         units = [(None, y, x) for y in range(len(geometry.rows)) for x in range(len(geometry.cols))]
         supports = unit_supports(adapter, layer, np.repeat(image[None], len(units), axis=0), units)
         for (_, y, x), support in zip(units, supports):
@@ -198,11 +199,11 @@ def test_busy_net_geometry_is_followed_and_holds_the_support(tmp_path):
 
 def test_the_check_catches_a_receptive_field_that_is_too_small():
     adapter = strided_adapter()
-    right = receptive_field(adapter, "conv2")
+    right = adapter.receptive_field("conv2")
     assert outside_dependence(adapter, "conv2", right) is None
     shrunk_hi = right.rows.hi.copy()
     shrunk_hi[len(shrunk_hi) // 2] -= 2  # the centre row misses its last two input rows
-    wrong = LayerGeometry(type(right.rows)(right.rows.lo, shrunk_hi), right.cols, "graph")
+    wrong = ReceptiveField(Span(right.rows.lo, shrunk_hi), right.cols, "graph")
     assert outside_dependence(adapter, "conv2", wrong) is not None
 
 
@@ -227,7 +228,7 @@ class SwappedNet(nn.Module):
 def test_unknown_geometry_is_measured_on_torch_and_onnx(tmp_path):
     config = PreprocessConfig(input_size=(16, 20), mean=(0.5,) * 3, std=(0.5,) * 3)
     adapter = TorchAdapter(SwappedNet().eval(), "swapped", config)
-    measured = receptive_field(adapter, "swap")
+    measured = adapter.receptive_field("swap")
     assert measured.method == "gradient"
     # conv1 (k3 s2 p1) then conv2 (k3 p1) on the half-size map: rows 2y − 3 .. 2y + 3, clipped
     assert [(int(lo), int(hi)) for lo, hi in zip(measured.rows.lo, measured.rows.hi)] == \
@@ -235,7 +236,7 @@ def test_unknown_geometry_is_measured_on_torch_and_onnx(tmp_path):
     assert [(int(lo), int(hi)) for lo, hi in zip(measured.cols.lo, measured.cols.hi)] == \
         [(max(2 * x - 3, 0), min(2 * x + 3, 19)) for x in range(10)]
     path = export_onnx(adapter, tmp_path / "swapped.onnx")
-    probed = receptive_field(cnnviz_core.load_model(path), "/Transpose_1")
+    probed = cnnviz_core.load_model(path).receptive_field("/Transpose_1")
     assert probed.method == "probe"
     assert np.array_equal(probed.rows.lo, measured.rows.lo) and np.array_equal(probed.cols.hi, measured.cols.hi)
 
@@ -253,7 +254,7 @@ def test_streaming_top_k_equals_brute_force(digits, digits_data, digits_inputs, 
     positions = np.take_along_axis(where.T, order, axis=1)
     assert np.array_equal(result.positions[..., 0] * 4 + result.positions[..., 1], positions)
     assert (np.diff(result.values, axis=1) <= 0).all()
-    geometry = receptive_field(digits, "features.4")
+    geometry = digits.receptive_field("features.4")
     assert np.array_equal(result.boxes, geometry.boxes(result.positions[..., 0], result.positions[..., 1]))
     index = result.facts["index"]
     assert len(index) == 32 * 5

@@ -19,7 +19,6 @@ from cnnviz_adapters.torch_adapter import TorchAdapter
 from cnnviz_core import Dataset, InputError
 from cnnviz_core.analysis_pass import CHECKPOINT_FOLDER
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_adapters.inspect.classifier_input import classifier_input_layer
 
 from conftest import hook_total
 from digits import CLASS_NAMES, as_images, digits_adapter, digits_split, write_digits_folder
@@ -71,17 +70,17 @@ def test_digits_features_separate_the_classes(digits, digits_folder, folder_resu
 
 
 def test_default_feature_layer_is_the_classifier_input(digits, lite0, tmp_path):
-    assert classifier_input_layer(digits) == "pool"
-    assert classifier_input_layer(lite0) == "global_pool"
+    assert digits.classifier_input_layer() == "pool"
+    assert lite0.classifier_input_layer() == "global_pool"
     path = export_onnx(digits, tmp_path / "digits.onnx")
     onnx_adapter = cnnviz_core.load_model(path)
-    layer = classifier_input_layer(onnx_adapter)
+    layer = onnx_adapter.classifier_input_layer()
     x = np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(onnx_adapter.activations(x, [layer])[layer].reshape(4, -1),
                                digits.activations(x, ["pool"])["pool"].reshape(4, -1), atol=1e-5)
     conv_head = TorchAdapter(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Flatten(1)),
                              "conv_head", PreprocessConfig(input_size=(6, 6)))
-    assert classifier_input_layer(conv_head) is None  # no linear classifier
+    assert conv_head.classifier_input_layer() is None  # no linear classifier
 
 
 def test_onnx_embeds_like_torch(digits, tmp_path):
@@ -90,7 +89,7 @@ def test_onnx_embeds_like_torch(digits, tmp_path):
     path = export_onnx(digits, tmp_path / "digits.onnx")
     torch_result = cnnviz_core.run("tsne", digits, data, perplexity=20.0, max_iter=300)
     onnx_result = cnnviz_core.run("tsne", path, data, perplexity=20.0, max_iter=300)
-    assert onnx_result.facts["layer"] == classifier_input_layer(cnnviz_core.load_model(path))
+    assert onnx_result.facts["layer"] == cnnviz_core.load_model(path).classifier_input_layer()
     assert onnx_result.facts["knn_accuracy"] >= 0.9 and onnx_result.facts["trustworthiness"] >= 0.9
     # features equal to ~1e-6 still grow into different t-SNE layouts; the neighbourhoods must agree
     from sklearn.manifold import trustworthiness

@@ -25,7 +25,6 @@ import numpy as np
 from cnnviz_core import Analysis, AnalysisMethod, AnalysisParams, Capability, InputError, hookimpl, param
 
 from cnnviz_plugins.analysis.support import filter_tiles
-from cnnviz_adapters.inspect.weight_layers import find_layer, weight_layers
 
 
 @dataclasses.dataclass
@@ -53,13 +52,12 @@ class Filters(AnalysisMethod):
     demo_params = {}  # the first convolution, in RGB
 
     def setup(self) -> None:
-        layers = weight_layers(self.adapter)
-        convolutions = [layer for layer in layers if layer.kind == "conv"]
-        if not convolutions:
-            raise self.error(f"model {self.adapter.name!r} has no convolution whose weights are stored (initializers)")
         if self.params.layer:
-            self.layer = find_layer(layers, self.params.layer, "conv", self.adapter.layers())
+            self.layer = self.adapter.weight_layer(self.params.layer, "conv")
         else:
+            convolutions = [layer for layer in self.adapter.weight_layers() if layer.kind == "conv"]
+            if not convolutions:
+                raise self.error(f"model {self.adapter.name!r} has no convolution whose weights are stored (initializers)")
             self.layer = convolutions[0]
         if len(self.layer.shape) not in (3, 4):
             raise InputError(f"filters draws 1-D and 2-D convolutions; layer {self.layer.name!r} has kernels of shape "
@@ -80,7 +78,7 @@ class Filters(AnalysisMethod):
         return mode
 
     def finish(self) -> Analysis:
-        weights = self._read_weights()
+        weights = np.array(self.layer.weight, dtype=np.float32)  # a copy: the layer's array is read-only
         kernels = weights if weights.ndim == 4 else weights[:, :, None, :]  # a 1-D kernel as one row
         p = self.params
         shown = kernels[: p.max_filters].astype(np.float64)
@@ -106,16 +104,6 @@ class Filters(AnalysisMethod):
                 "tile_pixels": int(factor * max(kernels.shape[-2:])),
             },
         )
-
-    def _read_weights(self) -> np.ndarray:
-        if self.adapter.kind == "torch":
-            return self.adapter.module.get_parameter(self.layer.weight_name).detach().float().cpu().numpy().copy()
-        import onnx
-        from onnx import numpy_helper
-
-        model = onnx.load(self.adapter.path)  # external data, if any, read from beside the file
-        initializer = next(i for i in model.graph.initializer if i.name == self.layer.weight_name)
-        return numpy_helper.to_array(initializer).astype(np.float32)
 
 
 @hookimpl

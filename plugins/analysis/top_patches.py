@@ -6,8 +6,8 @@ Per image and channel the unit taken is the channel's spatial maximum (first
 position on ties), so an image appears at most once in a channel's list. A
 streaming merge keeps the best k (image, position) pairs per channel — ties
 broken by dataset order — in a bounded (C, k) state. The receptive field of
-every position comes from the layer geometry (:mod:`receptive_field`), so a
-box is the set of input pixels that can change that unit, clipped to the image.
+every position comes from the adapter (``receptive_field``), so a box is the
+set of input pixels that can change that unit, clipped to the image.
 
 Memory: besides the (C, k) arrays, crops are kept for the pictured channels
 only (``max_grids`` × k tiles of ``tile``² pixels), cut from the batch's
@@ -23,8 +23,6 @@ import numpy as np
 from PIL import Image
 
 from cnnviz_core import Analysis, AnalysisMethod, AnalysisParams, Capability, InputError, hookimpl, param, render
-
-from cnnviz_adapters.inspect.receptive_field import receptive_field
 
 BLANK = 128  # letterbox colour around a tile
 
@@ -99,7 +97,7 @@ class TopPatches(AnalysisMethod):
     def setup(self) -> None:
         self.layer = self.params.layer or self.adapter.default_layer()
         self.adapter.check_layer(self.layer)
-        self.geometry = receptive_field(self.adapter, self.layer)  # refuses a layer without (B, C, H, W) maps
+        self.geometry = self.adapter.receptive_field(self.layer)  # refuses a layer without (B, C, H, W) maps
         self.map_size = tuple(self.geometry.shape[2:])
         self.channels = parse_channels(self.params.channels, self.geometry.shape[1])
         count, k, pictured = len(self.channels), self.params.top_k, min(self.params.max_grids, len(self.channels))

@@ -24,7 +24,6 @@ from PIL import Image
 from cnnviz_core import Analysis, AnalysisMethod, AnalysisParams, Capability, InputError, hookimpl, param, plots, render
 
 from cnnviz_plugins.analysis.support.embedding_quality import knn_accuracy, trustworthiness
-from cnnviz_adapters.inspect.classifier_input import classifier_input_layer
 
 SHARED_THREADS_FROM = 2000  # points from which t-SNE and PCA use every core
 
@@ -69,7 +68,7 @@ class Tsne(AnalysisMethod):
             raise InputError(f"tsne: --thumb {params.thumb} is larger than --canvas {params.canvas}")
 
     def setup(self) -> None:
-        self.layer = self.params.layer or classifier_input_layer(self.adapter) or self.adapter.default_layer()
+        self.layer = self.params.layer or self.adapter.classifier_input_layer() or self.adapter.default_layer()
         self.adapter.check_layer(self.layer)
         length = self.dataset.length if self.dataset is not None else None
         if length is not None:

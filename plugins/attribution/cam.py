@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param
-from cnnviz_core.adapter import select_scores
-from cnnviz_core.targets import resolve_classes
-
-from cnnviz_adapters.inspect.cam_head import find_head
+from cnnviz_core import resolve_classes, select_scores
 
 
 @dataclasses.dataclass
@@ -42,7 +39,7 @@ class CAM(AttributionMethod):
             raise InputError("cam: --score must be logit: CAM is defined on the class logit of a linear classifier")
 
     def setup(self) -> None:
-        self.head = find_head(self.adapter)
+        self.head = self.adapter.cam_head()  # refuses, suggesting Grad-CAM, a head that is not GAP + linear
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
         layer = self.head.feature_layer

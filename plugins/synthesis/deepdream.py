@@ -11,9 +11,9 @@ constant the normalized step removes), the original's "L2" objective —
 strong features grow stronger. ``layer:channel`` amplifies one channel (its
 mean activation), ``layer:channel@y,x`` one unit, a class its logit.
 
-Default layer (:func:`mid_level_layer`): one stage before the last, where
-DeepDream's mixed4 layers sat in GoogLeNet — parts of objects, not edges and
-not whole classes.
+Default layer (the adapter's ``mid_level_layer``): one stage before the
+last, where DeepDream's mixed4 layers sat in GoogLeNet — parts of objects, not
+edges and not whole classes.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from cnnviz_core import (
-    TARGET_KINDS, Capability, InputError, LayerNotFoundError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param,
+    TARGET_KINDS, Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param,
     validate_targets,
 )
-from cnnviz_core.toolkit import forward_hooks, frozen_parameters
+from cnnviz_core.toolkit import frozen_parameters
 
 from cnnviz_plugins.synthesis.support.objectives import forward, layers_needed, objective_values
 
@@ -47,37 +47,6 @@ class DeepDreamParams(SynthesisParams):
     octave_scale: float = param(1.4, "size ratio between successive octaves", minimum=1.0)
     jitter: int = param(32, "random roll of up to this many pixels before each step", minimum=0)
     batch_size: int | None = param(None, "images dreamt together (default 8); halved on out-of-memory", minimum=1)
-
-
-def mid_level_layer(adapter) -> str:
-    """The model's mid-level layer: one forward at the input size records every
-    module's output resolution; the second-smallest spatial resolution is the
-    stage before the last (14x14 at 224 px for ResNet's layer3, EfficientNet's
-    blocks.4, GoogLeNet's mixed4), and of the modules giving it the outermost
-    (shallowest name) that finishes last is the stage's output. A model with a
-    single resolution falls back to its last spatial layer."""
-    finished: list[tuple[str, tuple[int, int]]] = []
-
-    def make_hook(name):
-        def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
-                finished.append((name, tuple(output.shape[-2:])))
-
-        return hook
-
-    modules = {n: m for n, m in adapter.module.named_modules() if n}
-    dummy = torch.zeros((1, 3, *adapter.config.input_size), device=adapter.device)
-    with forward_hooks(modules, make_hook), adapter.session(), torch.inference_mode():
-        adapter.module(dummy)
-    if not finished:
-        raise LayerNotFoundError("<a spatial feature layer>", adapter.layers())
-    areas = sorted({h * w for _, (h, w) in finished})
-    if len(areas) < 2:
-        return adapter.default_layer()
-    wanted = areas[1]
-    at_scale = [name for name, (h, w) in finished if h * w == wanted]
-    depth = min(name.count(".") for name in at_scale)
-    return [name for name in at_scale if name.count(".") == depth][-1]
 
 
 def octave_sizes(size: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:
@@ -107,9 +76,7 @@ class DeepDream(SynthesisMethod):
         return self.params.steps * self.params.octaves
 
     def setup(self) -> None:
-        self._layer = self.params.layer
-        if self._layer is None:
-            self._layer = mid_level_layer(self.adapter)
+        self._layer = self.params.layer or self.adapter.mid_level_layer()
         self.adapter.check_layer(self._layer)
         self._sizes = octave_sizes(tuple(self.adapter.config.input_size), self.params.octaves, self.params.octave_scale)
         smallest = min(self._sizes[0])

@@ -20,7 +20,7 @@ keeps of it.
   unlike a sigmoid that flattens it near 0 and 1.
 - The forward stops at the layer (``layer_features``): a mid-level layer
   costs less than the whole network.
-- Default layer: the model's last-but-one stage (``feature_stages``;
+- Default layer: the model's last-but-one stage (the adapter's ``mid_level_layer``;
   efficientnet_lite0: blocks.4, resnet18: layer3, vgg16: features.22), mid/late
   depth, where the paper's reconstructions still show the layout and the
   objects of the image but no longer its exact colours and textures.
@@ -39,12 +39,11 @@ import dataclasses
 import numpy as np
 import torch
 
-from cnnviz_core.toolkit.hooks import frozen_parameters
-from cnnviz_core import Capability, Synthesis, SynthesisMethod, SynthesisParams, TargetError, hookimpl, param
+from cnnviz_core.toolkit import frozen_parameters
+from cnnviz_core import Capability, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
 
-from cnnviz_adapters.inspect.stages import middle_stage, stage_outputs
 from cnnviz_plugins.synthesis.support.image_priors import alpha_norm, total_variation
-from cnnviz_core.toolkit.layer_features import LayerFeatures
+from cnnviz_core.toolkit import LayerFeatures
 
 DEFAULT_LR = {"adam": 0.05, "sgd": 0.002}
 MOMENTUM = 0.9  # the paper's momentum
@@ -77,14 +76,12 @@ class Inversion(SynthesisMethod):
     demo_params = {"steps": 40}
 
     def setup(self) -> None:
-        self.layer = self.params.layer or middle_stage(stage_outputs(self.adapter))
+        self.layer = self.params.layer or self.adapter.mid_level_layer()
         self.adapter.check_layer(self.layer)
         self.features = LayerFeatures(self.adapter, [self.layer], self.name)
 
     def check_targets(self, targets) -> None:
-        for target in targets:
-            if target.kind == "neuron":
-                raise TargetError(f"inversion reconstructs an image from its features at --layer; it takes no neuron target ({target.describe()})")
+        validate_targets(targets, {"class", "top1"}, self.name, advice="inversion reconstructs an image from its features at --layer; it takes no neuron target")
 
     def model_input(self, pixels: torch.Tensor) -> torch.Tensor:
         # Channels-last, as the adapter feeds its inputs: the faster convolution kernels.

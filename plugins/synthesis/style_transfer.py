@@ -16,7 +16,7 @@ Each term is relative to its target's size, so every style layer counts the
 same whatever its activation scale, and the weights carry over from one model
 to another (Gatys et al. weigh raw sums with per-layer constants fitted to VGG).
 
-Default layers come from the model's stages (``feature_stages``): the style
+Default layers come from the model's stages (the adapter's ``stage_outputs``): the style
 from every stage output, as Gatys et al. take one layer per VGG block, and the
 content from the last-but-one stage, as their conv4_2
 (efficientnet_lite0: style blocks.0, .1, .2, .4, .6, content blocks.4;
@@ -45,13 +45,12 @@ import dataclasses
 import numpy as np
 import torch
 
-from cnnviz_core.toolkit.hooks import frozen_parameters
-from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, TargetError, hookimpl, param
+from cnnviz_core.toolkit import frozen_parameters
+from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
 
 from cnnviz_plugins.synthesis.support.batched_lbfgs import BatchedLBFGS
-from cnnviz_adapters.inspect.stages import middle_stage, stage_outputs
 from cnnviz_plugins.synthesis.support.image_priors import total_variation
-from cnnviz_core.toolkit.layer_features import LayerFeatures
+from cnnviz_core.toolkit import LayerFeatures
 from cnnviz_plugins.synthesis.support.style_image import checked_style, style_pixels
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.03}
@@ -98,8 +97,8 @@ class StyleTransfer(SynthesisMethod):
 
     def setup(self) -> None:
         p = self.params
-        stages = stage_outputs(self.adapter) if p.content_layer is None or p.style_layers is None else []
-        self.content_layer = p.content_layer or middle_stage(stages)
+        stages = self.adapter.stage_outputs() if p.style_layers is None else []
+        self.content_layer = p.content_layer or self.adapter.mid_level_layer()
         self.style_layers = [name.strip() for name in p.style_layers.split(",") if name.strip()] if p.style_layers else stages
         for name in [self.content_layer, *self.style_layers]:
             self.adapter.check_layer(name)
@@ -115,9 +114,7 @@ class StyleTransfer(SynthesisMethod):
         self.style_grams = {name: gram(outputs[name]) for name in self.style_layers}
 
     def check_targets(self, targets) -> None:
-        for target in targets:
-            if target.kind == "neuron":
-                raise TargetError(f"style_transfer restyles the input image; it takes no neuron target ({target.describe()})")
+        validate_targets(targets, {"class", "top1"}, self.name, advice="style_transfer restyles the input image; it takes no neuron target")
 
     def model_input(self, pixels: torch.Tensor) -> torch.Tensor:
         # Channels-last, as the adapter feeds its inputs: the faster convolution kernels.

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from cnnviz_core.errors import InputError
+from cnnviz_core import InputError
 
 
 def parse_sparsities(text: str) -> np.ndarray:

@@ -11,9 +11,10 @@ pruned model: the top-1 agreement with the unpruned model always, and the
 accuracy when the dataset has labels.
 
 The whole curve comes from one pass: the global thresholds are found once in
-``setup``; for each batch and sparsity, torch models get the pruned weights
-swapped in for one forward and the originals copied back (on error too), and
-ONNX models run one in-memory pruned copy per sparsity. (An ONNX export
+``setup``; for each batch and sparsity the model runs with the pruned weights
+swapped in (the adapter's ``with_weights``: a torch module gets them copied in
+and the originals back on exit, on error too; an ONNX model one session with
+the pruned initializers, built for the block and dropped). (An ONNX export
 usually folds batch norm into the convolutions, so its weight magnitudes, and
 hence its pruning, differ from the torch model's where there is batch norm.)"""
 
@@ -26,11 +27,8 @@ import numpy as np
 
 from cnnviz_core import Analysis, AnalysisMethod, AnalysisParams, Capability, MethodWarning, hookimpl, param, plots
 
-from cnnviz_plugins.analysis.pruning import onnx_weights as onnx_pruning
-from cnnviz_plugins.analysis.pruning.magnitude import LayerStats, global_cuts, layer_sparsity, parse_sparsities
+from cnnviz_plugins.analysis.pruning.magnitude import LayerStats, global_cuts, layer_sparsity, parse_sparsities, prune
 from cnnviz_plugins.analysis.pruning.plots import histogram_grid
-from cnnviz_plugins.analysis.pruning.torch_weights import PrunableWeights
-from cnnviz_adapters.inspect.weight_layers import weight_layers
 
 
 @dataclasses.dataclass
@@ -61,24 +59,15 @@ class Pruning(AnalysisMethod):
 
     def setup(self) -> None:
         self.sparsities = parse_sparsities(self.params.sparsities)
-        self.layers = [layer for layer in weight_layers(self.adapter) if layer.kind in ("conv", "linear")]
+        self.layers = [layer for layer in self.adapter.weight_layers() if layer.kind in ("conv", "linear")]
         if not self.layers:
             raise self.error(f"model {self.adapter.name!r} has no convolution or linear weights to prune")
-        if self.adapter.kind == "torch":
-            parameters = [self.adapter.module.get_parameter(layer.weight_name) for layer in self.layers]
-            weights = [p.detach().float().cpu().numpy() for p in parameters]
-        else:
-            model = onnx_pruning.load_model(self.adapter)
-            weights = onnx_pruning.initializer_arrays(model, self.layers)
+        weights = [layer.weight for layer in self.layers]
         p = self.params
         self.stats = [LayerStats.of(layer.name, w, p.threshold, p.threshold_scale, p.bins) for layer, w in zip(self.layers, weights)]
         self.cuts = global_cuts(weights, self.sparsities)
         self.total = sum(w.size for w in weights)
         self.layer_sparsity = layer_sparsity(weights, self.cuts)
-        if self.adapter.kind == "torch":
-            self._torch = PrunableWeights(parameters)
-        else:
-            self._sessions = onnx_pruning.pruned_sessions(self.adapter, model, self.layers, weights, self.cuts)
         self._label_map = self._class_of_label()
         self._agree = np.zeros(len(self.sparsities), np.int64)
         self._correct = np.zeros(len(self.sparsities), np.int64)
@@ -126,14 +115,11 @@ class Pruning(AnalysisMethod):
         self._labelled += int(labelled.sum())
 
     def _pruned_logits(self, inputs: np.ndarray, cut) -> np.ndarray:
-        if self.adapter.kind == "torch":
-            with self._torch.pruned(cut):
-                parts = self.scheduler.map_batches(lambda a, b: self.adapter.logits(inputs[a:b]), len(inputs), len(inputs),
-                                                   desc="pruning-forward")
-            return np.concatenate(parts)
-        session = self._sessions[cut.count]
-        parts = self.scheduler.map_batches(lambda a, b: onnx_pruning.session_logits(session, inputs[a:b]), len(inputs),
-                                           len(inputs), desc="pruning-forward")
+        # pruned copies made before the swap: on a torch model a layer's array shows the live weights
+        pruned = {layer.name: prune(layer.weight, cut, index) for index, layer in enumerate(self.layers)}
+        with self.adapter.with_weights(pruned):
+            parts = self.scheduler.map_batches(lambda a, b: self.adapter.logits(inputs[a:b]), len(inputs), len(inputs),
+                                               desc="pruning-forward")
         return np.concatenate(parts)
 
     def finish(self) -> Analysis:

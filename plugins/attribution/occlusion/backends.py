@@ -4,9 +4,10 @@ set to the fill, one row per box.
 
 - :class:`BatchedOcclusion` builds the occluded copies in one preallocated
   buffer (window pixels written with one vectorized index-put; only the
-  previous windows are restored between batches) and runs full forward passes:
-  eager torch under ``inference_mode`` with a channels-last buffer, an
-  onnxruntime session (contiguous buffer), or any adapter's ``logits``.
+  previous windows are restored between batches) and runs full forward passes
+  on one of the adapter's forward runners (:func:`batched_runner`): eager torch
+  under ``inference_mode`` with a channels-last buffer, an onnxruntime session
+  (contiguous buffer), or any adapter's ``logits``.
 - :class:`IncrementalRunner` hands the boxes to an ``IncrementalOcclusion``
   (Krypton-style incremental inference, ``occlusion_incremental.py``).
 - :func:`probe_runners` times a couple of real batches on each candidate and
@@ -106,33 +107,20 @@ class BatchedOcclusion:
                 "batch_size": self.batch_size}
 
 
-def torch_runner(module: torch.nn.Module, device, shape, capacity: int) -> BatchedOcclusion:
-    """Eager torch, channels-last input (faster NHWC convolutions on CPUs)."""
+def batched_runner(runner, shape, capacity: int) -> BatchedOcclusion:
+    """Full forward passes on one of the adapter's forward runners
+    (``ForwardRunner``): the occluded copies are built where and as it takes
+    them — a torch tensor on its device in its layout (eager torch: channels
+    last, the faster NHWC convolutions on CPUs), or a contiguous CPU buffer
+    handed over as numpy without a copy (onnxruntime, any adapter's logits)."""
+    if runner.takes == "torch":
+        return BatchedOcclusion(runner.name, runner.forward, runner.device, channels_last=runner.channels_last,
+                                capacity=capacity, shape=shape)
 
     def forward(batch: torch.Tensor) -> np.ndarray:
-        return module(batch).float().cpu().numpy()
+        return np.asarray(runner.forward(batch.cpu().numpy()), dtype=np.float32)
 
-    return BatchedOcclusion("torch", forward, device, channels_last=True, capacity=capacity, shape=shape)
-
-
-def session_runner(session, shape, capacity: int) -> BatchedOcclusion:
-    """An onnxruntime session fed from a contiguous CPU buffer without a copy."""
-    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
-
-    def forward(batch: torch.Tensor) -> np.ndarray:
-        (logits,) = session.run([output_name], {input_name: batch.cpu().numpy()})
-        return np.asarray(logits, dtype=np.float32).reshape(len(batch), -1)
-
-    return BatchedOcclusion("onnxruntime", forward, "cpu", channels_last=False, capacity=capacity, shape=shape)
-
-
-def adapter_runner(adapter, shape, capacity: int) -> BatchedOcclusion:
-    """Any adapter's own ``logits`` (an ONNX model's session, a third party's runtime)."""
-
-    def forward(batch: torch.Tensor) -> np.ndarray:
-        return np.asarray(adapter.logits(batch.cpu().numpy()), dtype=np.float32)
-
-    return BatchedOcclusion(f"{adapter.kind} adapter", forward, "cpu", channels_last=False, capacity=capacity, shape=shape)
+    return BatchedOcclusion(runner.name, forward, "cpu", channels_last=False, capacity=capacity, shape=shape)
 
 
 class IncrementalRunner:

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from cnnviz_core.errors import InputError
+from cnnviz_core import InputError
 
 _PAIR = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?$")
 

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param
-from cnnviz_core.adapter import select_scores
-from cnnviz_core.targets import resolve_classes
+from cnnviz_core import resolve_classes, select_scores
 
 from cnnviz_plugins.attribution.occlusion.fill import make_fill, parse_baseline
 from cnnviz_plugins.attribution.occlusion.geometry import WindowGrid, format_pair, parse_pair, spread_to_pixels, window_starts

@@ -1,11 +1,14 @@
 """Which runner computes occlusion's windows, for one run.
 
-Candidates on a torch model: eager torch; onnxruntime on the model's ONNX copy
-(exported once, cached on disk); incremental inference. ``--runtime`` and
+Candidates: the forward runners the adapter offers (its ``forward_runners``:
+on a torch model eager torch and onnxruntime on the model's ONNX copy,
+exported once and cached on disk; on an ONNX model its own session; on any
+other adapter its ``logits``), and incremental inference where the adapter
+has a torch module (the ``gradients`` capability). ``--runtime`` and
 ``--incremental`` force or exclude them. In auto mode the costly candidates
 (an export, a trace) are only built once a job has enough windows to time a
 couple of batches on each; the fastest is kept for the run and remembered for
-later runs in the process. Other adapters run their own ``logits``.
+later runs in the process.
 
 Everything decided is written into ``metadata`` (the result's metadata):
 the runner, how it was chosen, the probe's per-window timings, the ONNX cache
@@ -13,31 +16,27 @@ entry, why incremental inference was or was not used."""
 
 from __future__ import annotations
 
-import collections
-import os
-import threading
 import warnings
 from typing import Callable
 
 import numpy as np
 
-from cnnviz_core.errors import InputError, MethodError, MethodWarning
+from cnnviz_core import Capability, InputError, MethodError, MethodWarning, notes
 
 from cnnviz_plugins.attribution.occlusion.backends import (
     BATCH_LADDER,
     Decision,
     IncrementalRunner,
-    adapter_runner,
+    batched_runner,
     probe_runners,
     probe_size,
     remember,
     remember_batch,
     remembered,
     remembered_batch,
-    session_runner,
-    torch_runner,
     tune_batch,
 )
+from cnnviz_plugins.attribution.occlusion.engine_cache import EngineCache
 
 # auto times incremental inference only below this estimated FLOP fraction. The
 # estimate counts conv and matmul work only: lite0 measured 2.1-2.5x faster than
@@ -45,8 +44,8 @@ from cnnviz_plugins.attribution.occlusion.backends import (
 # the estimate leaves a chance.
 INCREMENTAL_WORTH = 0.9
 INCREMENTAL_BATCH = 32  # windows per incremental call: its patches are small, larger batches amortize them
-_engines: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()  # traced models, by weights and shape
-_engines_lock = threading.Lock()
+RUNTIME_RUNNERS = {"torch": "torch", "onnx": "onnxruntime"}  # --runtime → the forward runner it names
+_engines = EngineCache(size=2)  # traced models, by module (weakly), weights and shape
 
 
 def incremental_class():
@@ -71,6 +70,8 @@ class RuntimeChoice:
         self.runtime = metadata.setdefault("runtime", {"requested": params.runtime, "batch_size": forward_batch})
         self.incremental = metadata.setdefault("incremental", {"requested": params.incremental, "used": False})
         self._load_incremental = load_incremental
+        self.offered = adapter.forward_runners()  # name → build; the first is the cheap default
+        self.traceable = Capability.GRADIENTS in adapter.capabilities  # adapter.module: a torch module to trace
         self.runners: dict[str, object] = {}
         # auto mode: candidates whose set-up costs (an export, a trace) wait until a probe needs them
         self.pending: dict[str, tuple[int, Callable[[], object | None]]] = {}
@@ -78,57 +79,79 @@ class RuntimeChoice:
         self.tuned = params.batch_size is not None  # a batch size the user gives is kept as it is
         if self.tuned:
             self.runtime["batch_tuning"] = {"how": "given"}
-        if adapter.kind == "torch":
-            self._plan_torch()
-        else:
-            self._plan_other()
+        self._model_key: tuple | None = None
+        self._full = None
+        self._plan()
         if len(self.runners) == 1 and not self.pending:
             forced = params.runtime != "auto" or params.incremental == "on"
             self._decide(Decision(next(iter(self.runners)), {}, "forced" if forced else "only option"))
 
     # -- candidates -------------------------------------------------------------
-    def _plan_other(self) -> None:
-        p, kind, name = self.params, self.adapter.kind, self.adapter.name
-        if p.runtime == "torch":
-            raise InputError(f"occlusion: --runtime torch needs a torch model; {name!r} is a {kind} model that runs on "
-                             "its own runtime: use --runtime auto")
-        if p.incremental == "on":
-            raise InputError(f"occlusion: --incremental on needs a torch model; {name!r} is a {kind} model: "
-                             "use --incremental auto or off")
-        self.runners[kind] = adapter_runner(self.adapter, self.shape, self.forward_batch)
-        self.incremental["reason"] = f"torch models only; this is a {kind} model"
-
-    def _plan_torch(self) -> None:
-        p = self.params
-        self._torch = torch_runner(self.adapter.module, self.adapter.device, self.shape, self.forward_batch)
+    def _plan(self) -> None:
+        p, name = self.params, self.adapter.name
+        wanted = RUNTIME_RUNNERS.get(p.runtime)  # None: auto
+        if wanted is not None and wanted not in self.offered:
+            raise InputError(f"occlusion: --runtime {p.runtime} needs a model that runs on {wanted}; {name!r} offers "
+                             f"{', '.join(self.offered)}: use --runtime auto")
+        if p.incremental == "on" and not self.traceable:
+            raise InputError(f"occlusion: --incremental on needs a torch model (one with the gradients capability) to "
+                             f"trace; {name!r} has none: use --incremental auto or off")
+        if not self.traceable:
+            self.incremental["reason"] = "needs a torch model to trace (the gradients capability); this model has none"
         if p.incremental == "on":
             self.runners["incremental"] = self._incremental(forced=True)
             return
-        if p.runtime in ("auto", "torch"):
-            self.runners["torch"] = self._torch
-        if p.runtime == "onnx":
-            self.runners["onnxruntime"] = self._onnx(forced=True)
-        elif p.runtime == "auto":
-            self.pending["onnxruntime"] = (self.forward_batch, lambda: self._onnx(forced=False))
-        if p.incremental == "auto" and p.runtime != "onnx":
+        default = wanted or next(iter(self.offered))
+        self.runners[default] = self._runner(default, forced=True)
+        if wanted is None:
+            for other in list(self.offered)[1:]:
+                self.pending[other] = (self.forward_batch, lambda other=other: self._runner(other, forced=False))
+        if p.incremental == "auto" and self.traceable and wanted != "onnxruntime":
             batch = p.batch_size or INCREMENTAL_BATCH
             self.pending["incremental"] = (batch, lambda: self._incremental(forced=False))
+
+    def _runner(self, name: str, forced: bool):
+        """One of the adapter's forward runners, built now. Forced (asked for,
+        or the default): a failure is an error; in auto mode it is a warning,
+        and the run goes on without it."""
+        try:
+            runner = self.offered[name]()
+        except Exception as error:  # noqa: BLE001 - any export or load failure has the same remedy
+            reason = _one_line(error)
+            if forced:
+                flags = [flag for flag, runner_name in RUNTIME_RUNNERS.items() if runner_name in self.offered and runner_name != name]
+                instead = " or ".join(f"--runtime {flag}" for flag in [*flags, "auto"])
+                asked = f"--runtime {self.params.runtime}: " if self.params.runtime != "auto" else ""
+                raise MethodError("occlusion", f"{asked}the {name} runner of {self.adapter.name!r} could not be set up "
+                                               f"({reason}); use {instead}") from None
+            warnings.warn(MethodWarning(f"occlusion: the {name} runner of {self.adapter.name!r} could not be set up "
+                                        f"({reason}); continuing without it"), stacklevel=2)
+            self.runtime.setdefault("runner_errors", {})[name] = reason
+            return None
+        self.runtime.update(runner.facts)
+        return batched_runner(runner, self.shape, self.forward_batch)
+
+    def _full_runner(self):
+        """Full forward passes beside incremental inference (its clean logits)."""
+        if self._full is None:
+            first = next(iter(self.offered))
+            self._full = self.runners.get(first) or self._runner(first, forced=True)
+        return self._full
 
     def _incremental(self, forced: bool) -> IncrementalRunner | None:
         """The incremental runner; in auto mode None, with the reason recorded,
         when it cannot run this model or would save too little."""
         record = self.incremental
-        from cnnviz_adapters.onnx_runtime_cache import module_digest, read_note, write_note
-
         # the estimate of an earlier trace of this model spares auto mode a trace that would be thrown away
-        note = f"incremental_flop_fraction|{module_digest(self.adapter.module)}|{self.shape}|{self.window}"
-        noted = read_note(note)
+        digest = self.adapter.weights_digest()
+        note = f"incremental_flop_fraction|{digest}|{self.shape}|{self.window}" if digest is not None else None
+        noted = notes.read(note) if note is not None else None
         if not forced and isinstance(noted, (int, float)) and noted >= INCREMENTAL_WORTH:
             record["estimated_flop_fraction"] = round(float(noted), 4)
             record["reason"] = f"estimated to need {noted:.0%} of full passes' FLOPs (noted by an earlier trace): too little saved"
             return None
         try:
-            engine = self._engine()
+            engine = self._engine(digest)
         except ImportError as error:
             if forced:
                 raise MethodError("occlusion", f"--incremental on: incremental inference is not available ({error})") from None
@@ -140,49 +163,21 @@ class RuntimeChoice:
             record["reason"] = f"model not supported: {error}"
             return None
         fraction = float(engine.estimated_flop_fraction(self.window))
-        write_note(note, fraction)
+        if note is not None:
+            notes.write(note, fraction)
         record["estimated_flop_fraction"] = round(fraction, 4)
         record["detail"] = engine.describe()
         if not forced and fraction >= INCREMENTAL_WORTH:
             record["reason"] = f"estimated to need {fraction:.0%} of full passes' FLOPs: too little saved to time it"
             return None
         batch = self.params.batch_size or INCREMENTAL_BATCH
-        return IncrementalRunner(engine, self._torch, self.adapter.device, batch)
+        return IncrementalRunner(engine, self._full_runner(), self.adapter.device, batch)
 
-    def _engine(self):
-        """The traced model, kept for later runs on the same weights and shape."""
-        from cnnviz_adapters.onnx_runtime_cache import module_digest
-
-        key = (module_digest(self.adapter.module), self.shape, str(self.adapter.device))
-        with _engines_lock:
-            if key in _engines:
-                _engines.move_to_end(key)
-                return _engines[key]
-        engine = self._load_incremental().build(self.adapter.module, (1, *self.shape))
-        with _engines_lock:
-            _engines[key] = engine
-            while len(_engines) > 2:
-                _engines.popitem(last=False)
-        return engine
-
-    def _onnx(self, forced: bool):
-        """Export (or find in the cache) the model's ONNX copy and open a session."""
-        from cnnviz_adapters.onnx_runtime_cache import cached_session
-
-        try:
-            session, cached = cached_session(self.adapter)
-        except Exception as error:  # noqa: BLE001 - any export or load failure has the same remedy
-            reason = _one_line(error)
-            if forced:
-                raise MethodError("occlusion", f"--runtime onnx: {self.adapter.name!r} could not be exported to or "
-                                               f"loaded in onnxruntime ({reason}); use --runtime torch or auto") from None
-            warnings.warn(MethodWarning(f"occlusion: {self.adapter.name!r} could not be exported to ONNX ({reason}); "
-                                        "its forward passes run in torch"), stacklevel=2)
-            self.runtime["onnx_error"] = reason
-            return None
-        self.runtime["onnx_cache"] = cached.describe()
-        self.runtime["providers"] = list(session.get_providers())
-        return session_runner(session, self.shape, self.forward_batch)
+    def _engine(self, digest: str | None):
+        """The traced model, kept for later runs on the same module, weights and shape."""
+        module = self.adapter.module
+        key = (digest if digest is not None else id(module), self.shape, str(self.adapter.device))
+        return _engines.get(module, key, lambda: self._load_incremental().build(module, (1, *self.shape)))
 
     def _build(self, names) -> None:
         for name in names:
@@ -198,20 +193,19 @@ class RuntimeChoice:
         self.incremental["used"] = decision.chosen == "incremental"
 
     def _key(self) -> tuple:
-        from cnnviz_adapters.onnx_runtime_cache import module_digest
-
         names = tuple(sorted({*self.runners, *self.pending}))
         window = self.window if "incremental" in names else None  # only incremental inference depends on it
-        if self.adapter.kind == "torch":
-            model = module_digest(self.adapter.module)
-        else:  # a model file (ONNX), or whatever else names the model
-            path = getattr(self.adapter, "path", None)
-            model = (self.adapter.kind, os.path.abspath(path), os.path.getmtime(path)) if path else (self.adapter.kind, id(self.adapter))
-        return (model, self.shape, str(self.adapter.device), self.forward_batch, window, names)
+        if self._model_key is None:
+            digest = self.adapter.weights_digest()
+            # a model that cannot tell its weights apart is itself for this process only
+            self._model_key = (digest,) if digest is not None else (type(self.adapter).__qualname__, id(self.adapter))
+        return (self._model_key, self.shape, str(self.adapter.device), self.forward_batch, window, names)
 
     def default(self) -> str:
-        """What runs before (or without) a probe: torch, else the only runner."""
-        return "torch" if "torch" in self.runners else next(iter(self.runners))
+        """What runs before (or without) a probe: the adapter's first runner
+        (eager torch on a torch model), else the only one."""
+        first = next(iter(self.offered))
+        return first if first in self.runners else next(iter(self.runners))
 
     @property
     def chosen(self) -> str:

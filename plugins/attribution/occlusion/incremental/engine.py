@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from cnnviz_core.errors import InputError, MethodError
+from cnnviz_core import InputError, MethodError
 from cnnviz_plugins.attribution.occlusion.incremental.graph import METHOD, Graph, trace
 from cnnviz_plugins.attribution.occlusion.incremental.regions import Region, box_rows, boxes_region, halo, paste_rows, through_window, union
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import weakref
 from typing import Any, Iterator
 
 import torch
@@ -13,7 +14,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnviz_core.errors import MethodError
+from cnnviz_core import MethodError
 from cnnviz_plugins.attribution.occlusion.incremental.ops import WindowedOp, is_pointwise_node, windowed_op
 
 METHOD = "occlusion"
@@ -109,9 +110,10 @@ class Graph:
     """A traced model: its nodes in order, what each is, and an interpreter."""
 
     def __init__(self, module: nn.Module, graph: fx.Graph, constants: dict[str, Any]):
-        self.module = module
+        # the model itself only weakly: traced models are cached, and a cache must not keep a dropped model alive
+        self._module = weakref.ref(module)
         self.nodes = list(graph.nodes)
-        self.modules = dict(module.named_modules())
+        self.modules = {name: sub for name, sub in module.named_modules() if name}
         self.constants = constants
         self.info: dict[fx.Node, NodeInfo] = {}
         self.position = {node: i for i, node in enumerate(self.nodes)}
@@ -120,6 +122,13 @@ class Graph:
         self.input_node = placeholders[0]  # the image; further arguments keep their defaults
         if any(not node.args for node in placeholders[1:]):
             raise MethodError(METHOD, f"{type(module).__name__}.forward takes more than the image; incremental occlusion needs a one-input model")
+
+    @property
+    def module(self) -> nn.Module:
+        module = self._module()
+        if module is None:
+            raise MethodError(METHOD, "the traced model has been garbage-collected; trace it again")
+        return module
 
     # interpreter
     def fetch(self, target: str):

@@ -13,9 +13,10 @@ from torch.utils import _pytree
 from cnnviz_core.toolkit.hooks import forward_hooks, frozen_parameters
 from cnnviz_core.errors import InputError
 
-from .receptive_field import (
+from cnnviz_core.model_facts import ReceptiveField, Span
+
+from ..geometry import (
     Field,
-    LayerGeometry,
     adaptive_sources,
     aligned_field,
     input_field,
@@ -23,7 +24,6 @@ from .receptive_field import (
     pad_sources,
     resize_sources,
     sources_field,
-    spans_from_support,
     window_field,
 )
 
@@ -275,7 +275,7 @@ def layer_output(adapter, layer: str, inputs: torch.Tensor) -> torch.Tensor:
     return captured[layer]
 
 
-def measured_geometry(adapter, layer: str, seeds=(0, 1), chunk: int = 16) -> LayerGeometry:
+def measured_field(adapter, layer: str, seeds=(0, 1), chunk: int = 16) -> ReceptiveField:
     """Receptive fields measured from gradients: for each row y of the layer,
     the input rows where the gradient of (a random positive mix of) that
     row's units is nonzero; likewise for columns. Random inputs, two seeds:
@@ -303,5 +303,4 @@ def measured_geometry(adapter, layer: str, seeds=(0, 1), chunk: int = 16) -> Lay
                     (gradient,) = torch.autograd.grad(objective, inputs)
                     support = (gradient.abs().sum(dim=1) > 0).cpu().numpy()  # (b, H, W)
                     tables[axis][positions.numpy()] |= support.any(axis=2) if axis == "rows" else support.any(axis=1)
-    rows, cols = spans_from_support(tables["rows"], tables["cols"])
-    return LayerGeometry(rows, cols, "gradient", tuple(probe.shape))
+    return ReceptiveField(Span.from_support(tables["rows"]), Span.from_support(tables["cols"]), "gradient", tuple(probe.shape))

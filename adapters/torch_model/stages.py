@@ -1,5 +1,7 @@
-"""The outputs of a CNN's stages, shallow to deep: the default layers of the
-methods that match representations (inversion, style transfer).
+"""The outputs of a torch model's stages, shallow to deep (the contract's
+``stage_outputs``): the default layers of the methods that match
+representations (inversion, style transfer) and, one before the last, of
+DeepDream.
 
 A stage is the run of layers working at one spatial resolution; its output is
 the feature map handed to the next resolution, like the conv1 … conv5 blocks
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnviz_core.errors import LayerNotFoundError
 from cnnviz_core.toolkit.hooks import forward_hooks
 
 
@@ -34,13 +37,6 @@ def stage_outputs(adapter) -> list[str]:
         if stages:
             return stages
     return _stages_by_resolution(adapter)
-
-
-def middle_stage(stages: list[str]) -> str:
-    """The last-but-one stage: mid/late depth, where a representation still
-    keeps the layout of the image but no longer its pixels (VGG's conv4 block,
-    from which Gatys et al. take the content)."""
-    return stages[-2] if len(stages) > 1 else stages[-1]
 
 
 def _is_pooling(module: nn.Module) -> bool:
@@ -71,7 +67,14 @@ def _stages_by_resolution(adapter) -> list[str]:
         depth = min(name.count(".") for name, _ in members)
         stages.append([name for name, _ in members if name.count(".") == depth][-1])
     if not stages:
-        from cnnviz_core.errors import LayerNotFoundError
-
         raise LayerNotFoundError("<a convolutional stage>", adapter.layers())
     return list(dict.fromkeys(stages))
+
+
+def stages_for_export(adapter) -> list[str] | None:
+    """The stage outputs an ONNX export records in its sidecar, so that the
+    ONNX copy names the same stages (None for a model without spatial stages)."""
+    try:
+        return adapter.stage_outputs()
+    except LayerNotFoundError:
+        return None

@@ -1,4 +1,5 @@
-"""Receptive fields: which input pixels can change a unit of a layer.
+"""Receptive-field geometry shared by the torch and ONNX adapters: which
+input pixels can change a unit of a tensor.
 
 Geometry is propagated through the model, tensor by tensor, as one table per
 spatial axis: position ``p`` of a tensor's axis depends on input pixels
@@ -14,55 +15,26 @@ A tensor whose layout an op scrambles (transpose of the spatial axes,
 flattening followed by reshaping, ops the tracer does not know) is marked
 *lost*; a layer with lost geometry gets its receptive field measured instead
 (torch: the support of input gradients; ONNX: a perturbation probe). Computed
-geometry is checked once against perturbations outside a few units' boxes.
+geometry is checked once against perturbations outside a few units' boxes
+(:func:`receptive_field`).
 
-Front ends: :mod:`receptive_field_torch` (traces torch functions during one
-forward) and :mod:`receptive_field_onnx` (walks the graph's nodes)."""
+Front ends: :mod:`cnnviz_adapters.torch_model.receptive_field` (traces torch
+functions during one forward) and :mod:`cnnviz_adapters.onnx_model.receptive_field`
+(walks the graph's nodes)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import warnings
+from typing import Callable
 
 import numpy as np
 
-from cnnviz_core.errors import InputError, MethodWarning
-
-EMPTY_LO = np.iinfo(np.int64).max  # an empty span: lo > hi (a position reading only padding)
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """Input pixel interval [lo[p], hi[p]] of each position p along one axis."""
-
-    lo: np.ndarray
-    hi: np.ndarray
-
-    @classmethod
-    def identity(cls, size: int) -> "Span":
-        positions = np.arange(size, dtype=np.int64)
-        return cls(positions, positions.copy())
-
-    @classmethod
-    def full(cls, positions: int, image_size: int) -> "Span":
-        """Every position depends on the whole axis (a global path)."""
-        return cls(np.zeros(positions, np.int64), np.full(positions, image_size - 1, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.lo)
-
-    def gather(self, sources: np.ndarray) -> "Span":
-        """Output position p reads positions ``sources[p, :]`` (-1: none, e.g.
-        padding); its span is the union of theirs."""
-        valid = (sources >= 0) & (sources < len(self))
-        safe = np.where(valid, sources, 0)
-        lo, hi = self.lo[safe], self.hi[safe]
-        valid &= lo <= hi
-        return Span(np.where(valid, lo, EMPTY_LO).min(axis=1), np.where(valid, hi, -1).max(axis=1))
-
-    def union(self, other: "Span") -> "Span":
-        return Span(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
+from cnnviz_core import MethodWarning
+from cnnviz_core.errors import InputError
+from cnnviz_core.model_facts import ReceptiveField, Span
+from cnnviz_core.model_probes import outside_dependence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,44 +47,6 @@ class Field:
     rows: Span | None
     cols: Span | None
     lost: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerGeometry:
-    """The receptive field of every position of a layer's (B, C, h, w) output
-    in input pixels, and how it was found ("graph", "gradient" or "probe")."""
-
-    rows: Span
-    cols: Span
-    method: str
-    shape: tuple[int, ...] = ()  # the layer's output shape for one image, (1, C, h, w)
-
-    def boxes(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        """[y0, y1, x0, x1] (ends exclusive, clipped to the image) for
-        positions (ys, xs) of any shape → (..., 4) int64."""
-        ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
-        lo_y, hi_y = self.rows.lo[ys], self.rows.hi[ys]
-        lo_x, hi_x = self.cols.lo[xs], self.cols.hi[xs]
-        empty_y, empty_x = lo_y > hi_y, lo_x > hi_x  # a unit that reads only padding: an empty box at 0
-        return np.stack([np.where(empty_y, 0, lo_y), np.where(empty_y, 0, hi_y + 1),
-                         np.where(empty_x, 0, lo_x), np.where(empty_x, 0, hi_x + 1)], axis=-1)
-
-    def describe(self) -> dict:
-        """Size of the field at the centre unit and the step between units (input pixels)."""
-        centre_y, centre_x = len(self.rows) // 2, len(self.cols) // 2
-        box = self.boxes(np.array(centre_y), np.array(centre_x))
-        return {
-            "method": self.method,
-            "positions": [len(self.rows), len(self.cols)],
-            "centre_size": [int(box[1] - box[0]), int(box[3] - box[2])],
-            "stride": [_step(self.rows), _step(self.cols)],
-        }
-
-
-def _step(span: Span) -> float:
-    if len(span) < 2:
-        return 0.0
-    return float((span.lo[-1] + span.hi[-1] - span.lo[0] - span.hi[0]) / 2 / (len(span) - 1))
 
 
 # -- source tables of the ops ------------------------------------------------
@@ -258,22 +192,18 @@ def sources_field(field: Field, in_shape, out_shape, image, row_sources, col_sou
 
 
 # -- the receptive field of a layer --------------------------------------------
-def receptive_field(adapter, layer: str, verify: bool = True) -> LayerGeometry:
-    """Receptive fields of a layer's positions: from the geometry of the ops
-    on the way (measured where an op scrambles it), checked against
-    perturbations outside the boxes of a few units."""
-    if adapter.kind == "torch":
-        from . import receptive_field_torch as front
-    elif adapter.kind == "onnx":
-        from . import receptive_field_onnx as front
-    else:
-        raise InputError(f"receptive fields need a torch or ONNX model, not a {adapter.kind!r} adapter")
-    field, shape = front.layer_field(adapter, layer)
+def receptive_field(adapter, layer: str, traced: tuple[Field | None, tuple[int, ...] | None],
+                    measure: Callable[[], ReceptiveField], verify: bool = True) -> ReceptiveField:
+    """A layer's receptive field from its traced ``(field, shape)``: the
+    geometry when it is intact, checked (``verify``) against perturbations
+    outside the boxes of a few units; ``measure()`` where the geometry was
+    lost or the check fails."""
+    field, shape = traced
     if shape is not None and len(shape) != 4:
         raise InputError(f"layer {layer!r} outputs shape {tuple(shape)}; a receptive field needs a (B, C, H, W) feature map "
                          "(choose a convolutional layer)")
     if field is not None and not field.lost and field.rows is not None:
-        geometry = LayerGeometry(field.rows, field.cols, "graph", tuple(shape))
+        geometry = ReceptiveField(field.rows, field.cols, "graph", tuple(shape))
         if not verify:
             return geometry
         offender = outside_dependence(adapter, layer, geometry)
@@ -281,42 +211,5 @@ def receptive_field(adapter, layer: str, verify: bool = True) -> LayerGeometry:
             return geometry
         warnings.warn(f"the receptive field computed from the layers of {adapter.name!r} misses pixels that change "
                       f"unit {offender} of {layer!r} (an op the geometry does not know?); measuring it instead",
-                      MethodWarning, stacklevel=2)
-    return front.measured_geometry(adapter, layer)
-
-
-def outside_dependence(adapter, layer: str, geometry: LayerGeometry, seed: int = 0) -> tuple[int, int] | None:
-    """Perturb every pixel outside a unit's box, for the first, centre and
-    last units of the layer (so the first, centre and last row and column):
-    none may change (all channels at that position). The first unit that
-    does is returned."""
-    height, width = adapter.config.input_size
-    h, w = len(geometry.rows), len(geometry.cols)
-    units = sorted({(0, 0), (h // 2, w // 2), (h - 1, w - 1)})
-    rng = np.random.default_rng(seed)
-    base = rng.normal(size=(1, 3, height, width)).astype(np.float32)
-    batch = np.repeat(base, len(units) + 1, axis=0)
-    boxes = geometry.boxes(np.array([u[0] for u in units]), np.array([u[1] for u in units]))
-    for i, (y0, y1, x0, x1) in enumerate(boxes, start=1):
-        keep = batch[i, :, y0:y1, x0:x1].copy()
-        batch[i] = rng.normal(size=(3, height, width)).astype(np.float32)
-        batch[i, :, y0:y1, x0:x1] = keep
-    maps = adapter.activations(batch, [layer])[layer]
-    scale = float(np.abs(maps[0]).max()) or 1.0
-    for i, (y, x) in enumerate(units, start=1):
-        # a few ulps of slack: some kernels sum in an order that depends on the whole input
-        if float(np.abs(maps[i, :, y, x] - maps[0, :, y, x]).max()) > 1e-4 * scale:
-            return (y, x)
-    return None
-
-
-def spans_from_support(support_rows: np.ndarray, support_cols: np.ndarray) -> tuple[Span, Span]:
-    """(positions, input pixels) boolean tables → spans (first and last pixel
-    each position depends on)."""
-    def span(table):
-        any_pixel = table.any(axis=1)
-        lo = np.where(any_pixel, table.argmax(axis=1), EMPTY_LO)
-        hi = np.where(any_pixel, table.shape[1] - 1 - table[:, ::-1].argmax(axis=1), -1)
-        return Span(lo.astype(np.int64), hi.astype(np.int64))
-
-    return span(support_rows), span(support_cols)
+                      MethodWarning, stacklevel=3)
+    return measure()

@@ -1,17 +1,15 @@
 """Receptive fields of ONNX models: the geometry walked through the graph's
 nodes (Conv, pooling and Pad attributes; tensor shapes from ONNX shape
-inference), or measured by a perturbation probe where a node scrambles the
-layout or a shape is unknown."""
+inference). Where a node scrambles the layout or a shape stays unknown the
+field is measured instead, by the contract's perturbation probe
+(:func:`cnnviz_core.model_probes.probed_receptive_field`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnviz_core.errors import InputError
-
-from .receptive_field import (
+from ..geometry import (
     Field,
-    LayerGeometry,
     aligned_field,
     input_field,
     lost_field,
@@ -19,7 +17,6 @@ from .receptive_field import (
     resize_sources,
     same_padding,
     sources_field,
-    spans_from_support,
     window_field,
 )
 
@@ -209,33 +206,3 @@ def _rule(node, traced, first_field, shapes, constants, out_shape, image) -> Fie
         if any(int(a) % len(in_shape) >= len(in_shape) - 2 for a in np.ravel(list(axes))):
             return lost_field(out_shape, image)  # a crop or a reversal of the spatial axes
     return aligned_field(traced, out_shape, image, reduction=op in REDUCTIONS)
-
-
-def measured_geometry(adapter, layer: str, seeds=(0, 1), chunk: int = 32) -> LayerGeometry:
-    """Receptive fields measured by perturbation: input row r is redrawn at
-    random; the layer rows whose activations change depend on it. Likewise
-    for columns. H + W forward passes per seed, batched."""
-    height, width = adapter.config.input_size
-    tables = {}
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        base = rng.normal(size=(1, 3, height, width)).astype(np.float32)
-        reference = adapter.activations(base, [layer])[layer]
-        if reference.ndim != 4:
-            raise InputError(f"layer {layer!r} outputs shape {reference.shape}; a receptive field needs a (B, C, H, W) map")
-        scale = float(np.abs(reference).max()) or 1.0
-        for axis, count in (("rows", height), ("cols", width)):
-            table = tables.setdefault(axis, np.zeros((reference.shape[2 if axis == "rows" else 3], count), bool))
-            for start in range(0, count, chunk):
-                lines = np.arange(start, min(start + chunk, count))
-                batch = np.repeat(base, len(lines), axis=0)
-                noise = rng.normal(size=batch.shape).astype(np.float32)
-                for i, line in enumerate(lines):
-                    if axis == "rows":
-                        batch[i, :, line, :] = noise[i, :, line, :]
-                    else:
-                        batch[i, :, :, line] = noise[i, :, :, line]
-                changed = np.abs(adapter.activations(batch, [layer])[layer] - reference) > 1e-5 * scale  # (b, C, h, w)
-                table[:, lines] |= (changed.any(axis=(1, 3)) if axis == "rows" else changed.any(axis=(1, 2))).T
-    rows, cols = spans_from_support(tables["rows"], tables["cols"])
-    return LayerGeometry(rows, cols, "probe", tuple(reference.shape))

@@ -1,1 +1,0 @@
-"""Questions methods ask about a model, answered per adapter."""

@@ -1,0 +1,2 @@
+"""What the torch adapter knows about its module: the answers to the adapter
+contract's model questions, one module each."""
