@@ -4,9 +4,11 @@ incremental inference and coarse-to-fine refinement."""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import types
+import weakref
 
 import numpy as np
 import pytest
@@ -438,6 +440,23 @@ def test_incremental_engine_matches_naive_on_small_convnet():
     expected, grid = naive_occlusion(adapter.logits, x, 0, "5x7", "3x4", "blur", sigma=2.0)
     np.testing.assert_allclose(result.extras["grid"][0], grid, atol=EXACT)
     np.testing.assert_allclose(result.maps[0], expected, atol=EXACT)
+
+
+def test_a_model_dropped_after_runs_is_freed_with_its_traced_engine_and_sessions():
+    module = SmallConvNet(seed=15)
+    adapter = TorchAdapter(module, "dropped", SMALL_CONFIG)
+    x = np.random.default_rng(15).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    traced = cnnviz_core.run("occlusion", adapter, x, window=8, stride=4, incremental="on")
+    exported = cnnviz_core.run("occlusion", adapter, x, window=8, stride=8, runtime="onnx")
+    path = exported.metadata["runtime"]["onnx_cache"]["path"]
+    assert traced.metadata["incremental"]["used"] and len(occlusion_runtime._engines) == 1
+    assert any(key[0] == path for key in onnx_runtime_cache._sessions)  # kept for a later run
+    alive = weakref.ref(module)
+    del module, adapter, traced, exported
+    gc.collect()
+    assert alive() is None
+    assert len(occlusion_runtime._engines) == 0
+    assert not any(key[0] == path for key in onnx_runtime_cache._sessions)
 
 
 # -- coarse-to-fine refinement ----------------------------------------------------------
