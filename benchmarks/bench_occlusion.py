@@ -123,11 +123,12 @@ def case_cnnviz(spec: str, window: int, stride: int, cold: bool = False) -> Work
 
     def forget():
         from cnnviz_adapters import onnx_runtime_cache
+        from cnnviz_adapters.torch_model import digest as torch_digest
         from cnnviz_plugins.attribution.occlusion import backends as occlusion_backends, runtime as occlusion_runtime
 
         occlusion_backends.forget_decisions()
         onnx_runtime_cache.clear_sessions()
-        onnx_runtime_cache._fingerprints.clear()
+        torch_digest._fingerprints.clear()
         occlusion_runtime._engines.clear()
 
     def run():
