@@ -275,13 +275,23 @@ class OnnxAdapter(ModelAdapter):
     def weight_layers(self) -> list[WeightLayer]:
         return weight_layers.weight_layers(self.graph(), self.weights())
 
+    def weight_table(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {alias: (row.weight_name, row.shape) for row in self._layer_rows() for alias in (row.name, *row.aliases)}
+
+    def _layer_rows(self) -> list[weight_layers.LayerRow]:
+        """The weight layers as the graph lists them, without reading values (kept: the graph does not change)."""
+        if getattr(self, "_rows", None) is None:
+            self._rows = weight_layers.layer_rows(self.graph())
+        return self._rows
+
     @contextlib.contextmanager
     def with_weights(self, overrides: Mapping[str, np.ndarray]) -> Iterator["OnnxAdapter"]:
         """The graph run with the initializers of the named layers replaced:
         one session on an in-memory copy of the model, built for the block
         and dropped on exit (the file is only read)."""
-        layers = self.check_overrides(overrides)
-        values = {layers[name].weight_name: np.asarray(array, dtype=layers[name].weight.dtype) for name, array in overrides.items()}
+        names = self.check_overrides(overrides)
+        dtypes = {row.weight_name: row.dtype for row in self._layer_rows()}
+        values = {names[name]: np.asarray(array, dtype=dtypes[names[name]]) for name, array in overrides.items()}
         saved = (self._session, self._exposed, self._overrides)
         self._exposed, self._overrides = {}, {**self._overrides, **values}
         try:

@@ -262,18 +262,27 @@ class ModelAdapter(abc.ABC):
                            "(an adapter with the weights capability overrides ModelAdapter.with_weights)")
         yield self  # pragma: no cover - a generator, so that the call is a context manager
 
-    def check_overrides(self, overrides: Mapping[str, np.ndarray]) -> dict[str, WeightLayer]:
-        """The layers ``overrides`` name, each checked for shape; for
-        :meth:`with_weights` implementations."""
-        layers = {}
+    def check_overrides(self, overrides: Mapping[str, np.ndarray]) -> dict[str, str]:
+        """For :meth:`with_weights` implementations: each override's layer
+        name → the adapter's own name of that weight (``WeightLayer.weight_name``),
+        every name and shape checked."""
+        table = self.weight_table()
+        names = {}
         for name, array in overrides.items():
-            layer = next((item for item in self.weight_layers() if item.answers_to(name)), None)
-            if layer is None:
-                raise WeightLayerNotFoundError(name, "weight", [item.name for item in self.weight_layers()])
-            if tuple(np.shape(array)) != layer.shape:
-                raise InputError(f"with_weights: layer {name!r} has weights of shape {layer.shape}, got {tuple(np.shape(array))}")
-            layers[name] = layer
-        return layers
+            if name not in table:
+                raise WeightLayerNotFoundError(name, "weight", [key for key, (own, _) in table.items() if key != own])
+            weight_name, shape = table[name]
+            if tuple(np.shape(array)) != shape:
+                raise InputError(f"with_weights: layer {name!r} has weights of shape {shape}, got {tuple(np.shape(array))}")
+            names[name] = weight_name
+        return names
+
+    def weight_table(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Every name a weight layer answers to → (its weight's own name, its
+        shape). Default: from :meth:`weight_layers`; an adapter that can list
+        them without reading the values overrides it."""
+        return {alias: (layer.weight_name, layer.shape) for layer in self.weight_layers()
+                for alias in (layer.name, *layer.aliases)}
 
     # -- activations and weights -----------------------------------------------
     def cam_head(self) -> CamHead:

@@ -7,6 +7,8 @@ initializer's name (``onnx::Conv_986``) find the layer too."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from cnnviz_core.model_facts import WeightLayer
@@ -27,14 +29,27 @@ def module_path(node_name: str) -> str | None:
     return path or None
 
 
-def weight_layers(graph, arrays: dict[str, np.ndarray]) -> list[WeightLayer]:
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+    """A weight layer as the graph describes it (no values read)."""
+
+    name: str
+    kind: str
+    weight_name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    groups: int
+    aliases: tuple[str, ...]
+
+
+def layer_rows(graph) -> list[LayerRow]:
     """Conv nodes whose weight (input 1) is an initializer; Gemm and MatMul
     nodes whose second input is a 2-D initializer. An initializer used by
-    several nodes is listed once. ``arrays``: the initializers' values."""
+    several nodes is listed once."""
     from onnx import helper
 
     initializers = {init.name: init for init in graph.initializer}
-    layers, seen, taken = [], set(), set()
+    rows, seen, taken = [], set(), set()
     for node in graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
@@ -56,5 +71,12 @@ def weight_layers(graph, arrays: dict[str, np.ndarray]) -> list[WeightLayer]:
         taken.add(name)
         seen.add(weight.name)
         aliases = tuple(a for a in dict.fromkeys((node_name, weight.name)) if a != name)
-        layers.append(WeightLayer(name, kind, weight.name, shape, read_only(arrays[weight.name]), groups, aliases))
-    return layers
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(weight.data_type))
+        rows.append(LayerRow(name, kind, weight.name, shape, dtype, groups, aliases))
+    return rows
+
+
+def weight_layers(graph, arrays: dict[str, np.ndarray]) -> list[WeightLayer]:
+    """The layers of :func:`layer_rows` with their values (``arrays``: the initializers')."""
+    return [WeightLayer(row.name, row.kind, row.weight_name, row.shape, read_only(arrays[row.weight_name]), row.groups,
+                        row.aliases) for row in layer_rows(graph)]

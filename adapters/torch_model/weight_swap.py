@@ -14,8 +14,8 @@ import torch
 
 @contextlib.contextmanager
 def swapped_weights(adapter, overrides: Mapping[str, np.ndarray]) -> Iterator[None]:
-    layers = adapter.check_overrides(overrides)
-    parameters = [adapter.module.get_parameter(layers[name].weight_name) for name in overrides]
+    names = adapter.check_overrides(overrides)
+    parameters = [adapter.module.get_parameter(names[name]) for name in overrides]
     originals = [parameter.detach().clone() for parameter in parameters]
     try:
         with torch.no_grad():
