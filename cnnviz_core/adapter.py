@@ -40,10 +40,9 @@ import numpy as np
 from . import images, model_probes
 from .capabilities import Capability
 from .config import PreprocessConfig
-from .errors import AdapterError, InputError, LayerNotFoundError, MethodError
+from .errors import AdapterError, InputError, LayerNotFoundError
 from .model_facts import (
     KIND_WORDS,
-    USE_GRADCAM,
     CamHead,
     ForwardRunner,
     ReceptiveField,
@@ -288,11 +287,11 @@ class ModelAdapter(abc.ABC):
     def cam_head(self) -> CamHead:
         """The classifier head when it is global average pooling followed by
         one linear layer (CAM's condition); otherwise a MethodError saying
-        why, that suggests Grad-CAM."""
+        why, that suggests Grad-CAM. Default: found numerically from
+        :meth:`weight_layers` and :meth:`logits_and_activations`."""
         self._require(Capability.ACTIVATIONS, "cam_head()")
         self._require(Capability.WEIGHTS, "cam_head()")
-        raise MethodError("cam", f"the {self.kind or type(self).__name__} adapter of {self.name!r} does not tell where its "
-                                 f"classifier head is; {USE_GRADCAM}")
+        return model_probes.cam_head_by_probe(self)
 
 
 def select_scores(logits: np.ndarray, classes: np.ndarray, score: str = "logit") -> np.ndarray:

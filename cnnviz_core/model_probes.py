@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError, LayerNotFoundError
-from .model_facts import ReceptiveField, Span, WeightLayer
+from .model_facts import CamHead, ReceptiveField, Span, WeightLayer, not_a_cam_head
 
 PROBE_SEEDS = (0, 1)  # a unit switched off (ReLU) on one random input is on for another
 PROBE_CHUNK = 32  # perturbed copies per forward pass
@@ -116,6 +116,38 @@ def outside_dependence(adapter, layer: str, field: ReceptiveField, seed: int = 0
         if float(np.abs(maps[i, :, y, x] - maps[0, :, y, x]).max()) > 1e-4 * scale:
             return (y, x)
     return None
+
+
+# -- CAM head ------------------------------------------------------------------------
+CAM_TOLERANCE = 1e-4  # relative: float32 sums in another order
+
+
+def cam_head_by_probe(adapter) -> CamHead:
+    """A GAP + linear head found numerically: the last linear layer with one
+    row per class is the classifier, and its feature layer the last layer
+    whose (B, K, h, w) output, averaged over positions, gives the logits
+    through it up to a constant (the bias) on two random inputs."""
+    linears = [layer for layer in adapter.weight_layers() if layer.kind == "linear" and layer.shape[0] == adapter.num_classes]
+    if not linears:
+        raise not_a_cam_head(adapter.name, f"no linear layer has one row per class ({adapter.num_classes})")
+    classifier = linears[-1]
+    weight = np.asarray(classifier.weight, np.float64)
+    shapes = adapter.layer_shapes(adapter.layers())
+    candidates = [name for name, shape in shapes.items()
+                  if len(shape) == 4 and shape[1] == weight.shape[1] and shape[2] * shape[3] > 1]
+    if not candidates:
+        raise not_a_cam_head(adapter.name, f"no layer outputs a ({weight.shape[1]}, H, W) feature map for the linear layer "
+                                           f"{classifier.name!r}")
+    probe = np.random.default_rng(0).normal(size=(2, 3, *adapter.config.input_size)).astype(np.float32)
+    logits, outputs = adapter.logits_and_activations(probe, candidates)
+    logits = np.asarray(logits, np.float64)
+    scale = max(float(np.abs(logits).max()), 1e-12)
+    for name in reversed(candidates):
+        bias = logits - np.asarray(outputs[name], np.float64).mean(axis=(2, 3)) @ weight.T
+        if float(np.abs(bias[0] - bias[1]).max()) <= CAM_TOLERANCE * scale:
+            return CamHead(name, np.ascontiguousarray(weight, np.float32), bias[0].astype(np.float32), classifier.name)
+    raise not_a_cam_head(adapter.name, f"the input of the linear layer {classifier.name!r} is not the global average pool of "
+                                       "any layer's feature map")
 
 
 # -- weights -----------------------------------------------------------------------

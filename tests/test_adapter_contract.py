@@ -7,6 +7,7 @@ question alike on the pretrained EfficientNet-Lite0."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import numpy as np
@@ -169,24 +170,32 @@ def test_questions_beyond_its_capabilities_name_what_it_lacks():
     assert runner.takes == "numpy" and np.array_equal(runner.forward(x), pooled_linear(x))
 
 
-# -- the contract's defaults, from activations alone ---------------------------------
-def box_blur(x: np.ndarray) -> np.ndarray:
-    """3x3 mean, zero padding: (B, C, H, W) → same shape."""
+# -- the contract's defaults, from activations and weights alone ---------------------------
+def conv3x3(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Zero-padded 3x3 convolution: (B, C, H, W), (K, C, 3, 3) → (B, K, H, W)."""
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    return sum(padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]] for dy in range(3) for dx in range(3)) / 9
+    return sum(np.einsum("bchw,kc->bkhw", padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]], kernel[:, :, dy, dx])
+               for dy in range(3) for dx in range(3))
 
 
-class NumpyConvAdapter(PooledLinearAdapter):
-    """blur (3x3, 16 px) → pool (2x2 stride 2, 8 px) → GAP → fixed linear; exposes its two layers."""
+class NumpyCNNAdapter(PooledLinearAdapter):
+    """conv (3x3, 16 px) → relu → pool (2x2 mean, 8 px) → global mean → fc, in
+    numpy; it exposes its layers and weights and runs with weights replaced."""
 
-    kind = "numpy-conv"
-    capabilities = frozenset({Capability.FORWARD, Capability.ACTIVATIONS})
+    kind = "numpy-cnn"
+    capabilities = frozenset({Capability.FORWARD, Capability.ACTIVATIONS, Capability.WEIGHTS})
 
     def __init__(self):
-        super().__init__(name="numpy_conv")
+        super().__init__(name="numpy_cnn")
+        angles = np.arange(4 * 3 * 9 + CLASSES * 4, dtype=np.float64)
+        self._weights = {
+            "conv.weight": np.sin(angles[:108]).reshape(4, 3, 3, 3).astype(np.float32),
+            "fc.weight": np.cos(angles[108:]).reshape(CLASSES, 4).astype(np.float32),
+            "fc.bias": np.linspace(-0.5, 0.5, CLASSES).astype(np.float32),
+        }
 
     def layers(self) -> list[str]:
-        return ["blur", "pool"]
+        return ["conv", "relu", "pool"]
 
     def default_layer(self) -> str:
         return "pool"
@@ -194,32 +203,84 @@ class NumpyConvAdapter(PooledLinearAdapter):
     def logits_and_activations(self, inputs, names):
         for name in names:
             self.check_layer(name)
-        blur = box_blur(np.asarray(inputs, np.float64))
-        b, c, h, w = blur.shape
-        pool = blur.reshape(b, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
-        logits = pool.mean(axis=(2, 3)) @ np.cos(np.arange(3 * CLASSES).reshape(CLASSES, 3)).T
-        outputs = {"blur": blur.astype(np.float32), "pool": pool.astype(np.float32)}
-        return logits.astype(np.float32), {name: outputs[name] for name in names}
+        w = self._weights
+        conv = conv3x3(np.asarray(inputs, np.float64), w["conv.weight"].astype(np.float64))
+        relu = np.maximum(conv, 0)
+        b, k, h, width = relu.shape
+        pool = relu.reshape(b, k, h // 2, 2, width // 2, 2).mean(axis=(3, 5))
+        logits = pool.mean(axis=(2, 3)) @ w["fc.weight"].T.astype(np.float64) + w["fc.bias"]
+        outputs = {"conv": conv, "relu": relu, "pool": pool}
+        return logits.astype(np.float32), {name: outputs[name].astype(np.float32) for name in names}
 
     def logits(self, inputs):
         return self.logits_and_activations(inputs, [])[0]
 
+    def weights(self):
+        return {name: value.copy() for name, value in self._weights.items()}
 
-def test_an_activations_adapter_gets_shapes_stages_and_receptive_fields_from_the_defaults():
-    model = NumpyConvAdapter()
-    assert model.layer_shapes(["blur", "pool"]) == {"blur": (1, 3, 16, 16), "pool": (1, 3, 8, 8)}
-    assert model.stage_outputs() == ["blur", "pool"] and model.mid_level_layer() == "blur"
+    @contextlib.contextmanager
+    def with_weights(self, overrides):
+        names = self.check_overrides(overrides)
+        saved = dict(self._weights)
+        self._weights.update({names[name]: np.asarray(value, np.float32) for name, value in overrides.items()})
+        try:
+            yield self
+        finally:
+            self._weights = saved
+
+
+def test_an_activations_and_weights_adapter_gets_every_answer_from_the_defaults():
+    model = NumpyCNNAdapter()
+    assert model.layer_shapes(["relu", "pool"]) == {"relu": (1, 4, 16, 16), "pool": (1, 4, 8, 8)}
+    assert model.stage_outputs() == ["relu", "pool"] and model.mid_level_layer() == "relu"
     assert model.classifier_input_layer() is None  # nothing says where its classifier is
     field = model.receptive_field("pool")
-    assert field.method == "probe" and field.shape == (1, 3, 8, 8)
+    assert field.method == "probe" and field.shape == (1, 4, 8, 8)
     q = np.arange(8)
-    # pool unit q reads blur 2q, 2q+1, which read pixels 2q-1 .. 2q+2 (clipped to the image)
+    # pool unit q reads conv 2q, 2q+1, which read pixels 2q-1 .. 2q+2 (clipped to the image)
     for span in (field.rows, field.cols):
         assert np.array_equal(span.lo, np.maximum(2 * q - 1, 0)) and np.array_equal(span.hi, np.minimum(2 * q + 2, SIZE - 1))
     assert field.boxes(np.array(0), np.array(7)).tolist() == [0, 3, 13, 16]
     with pytest.raises(cnnviz_core.LayerNotFoundError):
         model.receptive_field("conv9")
-    assert {"top_patches", "tsne", "occlusion"} <= set(cnnviz_core.methods(model))
+    assert [(layer.name, layer.kind, layer.shape) for layer in model.weight_layers()] == [
+        ("conv.weight", "conv", (4, 3, 3, 3)), ("fc.weight", "linear", (CLASSES, 4))]
+    head = model.cam_head()  # the global mean of relu equals that of pool: the last one is the head's input
+    assert head.feature_layer == "pool" and head.classifier == "fc.weight"
+    np.testing.assert_allclose(head.bias, model.weights()["fc.bias"], atol=1e-5)
+    digest = model.weights_digest()
+    x = np.random.default_rng(5).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    clean = model.logits(x)
+    with model.with_weights({"fc.weight": np.zeros((CLASSES, 4), np.float32)}):
+        np.testing.assert_allclose(model.logits(x), np.broadcast_to(model.weights()["fc.bias"], (2, CLASSES)), atol=1e-6)
+        assert model.weights_digest() != digest
+    assert np.array_equal(model.logits(x), clean) and model.weights_digest() == digest
+
+
+def test_every_method_its_capabilities_cover_runs_on_it(third_party):
+    model = NumpyCNNAdapter()
+    covered = sorted(name for name, cls in third_party.methods.items() if set(cls.requires) <= model.capabilities)
+    assert {"cam", "score_cam", "filters", "top_patches", "tsne", "pruning", "occlusion"} <= set(covered)
+    assert sorted(cnnviz_core.methods(model)) == covered
+    x = np.random.default_rng(6).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    dataset = [(np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), i % CLASSES) for i in range(8)]
+    for name in covered:
+        method = third_party.method(name)
+        params = {**getattr(method, "demo_params", {}), **QUICK.get(name, {}), "device": "cpu"}
+        if method.kind == "attribution":
+            result = cnnviz_core.run(name, model, x, target=[1, "top1"], **params)
+            assert result.maps.shape == (2, SIZE, SIZE) and np.isfinite(result.maps).all(), name
+        elif method.kind == "synthesis":
+            result = cnnviz_core.run(name, model, None, target=[0, 3], **params)
+            assert result.images.shape == (2, 3, SIZE, SIZE) and np.isfinite(result.images).all(), name
+        else:
+            result = cnnviz_core.run(name, model, dataset if method.uses_dataset else None, **params)
+            numbers = [np.asarray(a) for a in result.arrays.values() if np.asarray(a).dtype.kind == "f"]
+            assert numbers and all(np.isfinite(a[~np.isnan(a)]).all() for a in numbers), name
+    cam = cnnviz_core.run("cam", model, x, target=[2, 2], device="cpu")
+    logit = model.logits(x)[:, 2]
+    # CAM's map averages to the logit less the bias
+    np.testing.assert_allclose(cam.extras["layer_map"].mean(axis=(1, 2)) + model.weights()["fc.bias"][2], logit, rtol=1e-4)
 
 
 # -- torch and ONNX answer alike ----------------------------------------------------------
