@@ -33,14 +33,17 @@ RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weigh
 
 
 def param(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,
-          allow_nonfinite: bool = False):
+          allow_nonfinite: bool = False, python_types: tuple[type, ...] = ()):
     """A method parameter: its default, its help text, and optional checks.
 
     Values are checked against the field's type (see :mod:`cnnviz_core.param_values`);
     a float must be finite unless ``allow_nonfinite`` (for a parameter where
-    ``inf`` means something, such as "no limit")."""
+    ``inf`` means something, such as "no limit"). ``python_types``: further
+    types a Python caller may pass (a PIL image or an array for a parameter the
+    CLI takes as a file name), handed to the method's ``check_params`` as they are."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
-                                                        "allow_nonfinite": allow_nonfinite})
+                                                        "allow_nonfinite": allow_nonfinite,
+                                                        "python_types": tuple(python_types)})
 
 
 @dataclasses.dataclass
@@ -118,7 +121,8 @@ class Method:
                 f"{cls.name}: unknown parameter(s) {', '.join(unknown)}; it takes: {', '.join(fields) or 'none'}"
             )
         hints = param_types(cls.Params)
-        values = {name: check_value(cls.name, name, hints.get(name), value, fields[name].metadata.get("allow_nonfinite", False))
+        values = {name: value if isinstance(value, fields[name].metadata.get("python_types", ())) else
+                  check_value(cls.name, name, hints.get(name), value, fields[name].metadata.get("allow_nonfinite", False))
                   for name, value in values.items()}
         params = cls.Params(**values)
         for name, field in fields.items():

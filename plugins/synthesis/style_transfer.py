@@ -44,13 +44,12 @@ import dataclasses
 
 import numpy as np
 import torch
+from PIL import Image
 
-from cnnviz_core.toolkit import frozen_parameters
 from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
-
+from cnnviz_core.toolkit import LayerFeatures, frozen_parameters
 from cnnviz_plugins.synthesis.support.batched_lbfgs import BatchedLBFGS
 from cnnviz_plugins.synthesis.support.image_priors import total_variation
-from cnnviz_core.toolkit import LayerFeatures
 from cnnviz_plugins.synthesis.support.style_image import checked_style, style_pixels
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.03}
@@ -61,9 +60,11 @@ CURVES = ("objective", "content_loss", "style_loss", "tv_loss")
 @dataclasses.dataclass
 class StyleTransferParams(SynthesisParams):
     style: str = param("", "style image: a file, or skimage:NAME for a scikit-image sample (offline), e.g. skimage:immunohistochemistry; "
-                           "the Python API also takes a PIL image or an array")
+                           "the Python API also takes a PIL image or an array",
+                   python_types=(Image.Image, np.ndarray))
     content_layer: str | None = param(None, "layer whose features keep the content (default: the last-but-one stage output)")
-    style_layers: str | None = param(None, "comma-separated layers whose Gram matrices carry the style (default: every stage output)")
+    style_layers: str | None = param(None, "comma-separated layers whose Gram matrices carry the style (default: every stage output)",
+                                     python_types=(list, tuple))
     content_weight: float = param(1.0, "weight of the content loss", minimum=0.0)
     style_weight: float = param(10.0, "weight of the style loss", minimum=0.0)
     tv_weight: float = param(0.1, "weight of the total-variation prior", minimum=0.0)
