@@ -5,6 +5,7 @@ It answers the contract's model questions from the module itself
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -41,12 +42,22 @@ class TorchAdapter(ModelAdapter):
     ):
         if not isinstance(module, nn.Module):
             raise ModelLoadError(f"expected a torch.nn.Module, got {type(module).__name__}")
+        self.module = module  # before the base __init__, which sets device through the property below
         super().__init__(name or type(module).__name__, config or PreprocessConfig(), labels)
-        self.module = module
         self._num_classes: int | None = None
         self._default_layer: str | None = None
-        parameter = next(module.parameters(), None)
-        self.device = str(parameter.device) if parameter is not None else "cpu"
+
+    @property
+    def device(self) -> str:
+        """Where the module's tensors are now, read from the module itself: a
+        user who moves the module after wrapping it must not get a stale answer
+        (a run restores the model to this device afterwards)."""
+        tensor = next(itertools.chain(self.module.parameters(), self.module.buffers()), None)
+        return str(tensor.device) if tensor is not None else self._device
+
+    @device.setter
+    def device(self, value: str) -> None:
+        self._device = value  # used only by a module without parameters or buffers
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -165,7 +176,7 @@ class TorchAdapter(ModelAdapter):
     # -- running -----------------------------------------------------------
     def to(self, device: str) -> "TorchAdapter":
         self.module.to(torch.device(device))
-        self.device = device
+        self._device = device
         return self
 
     def tensor(self, inputs: np.ndarray) -> torch.Tensor:

@@ -171,6 +171,14 @@ class PretendGpuAdapter(TorchAdapter):
         super().__init__(*args, **kwargs)
         self.moves: list[str] = []
 
+    @property
+    def device(self) -> str:  # the name it pretends to be on, not the module's real (CPU) device
+        return self._pretend_device
+
+    @device.setter
+    def device(self, value: str) -> None:
+        self._pretend_device = value
+
     def to(self, device: str) -> "PretendGpuAdapter":
         self.moves.append(device)
         self.device = device
@@ -243,3 +251,14 @@ def test_providers_for_a_gpu_needs_the_cuda_provider(onnxruntime_without_cuda):
     assert providers_for("cpu") == ["CPUExecutionProvider"]
     with pytest.raises(InputError, match="cuda:1"):
         providers_for("cuda:1")
+
+
+def test_adapter_reads_the_device_from_the_module_after_a_user_moves_it():
+    """A module moved after it was wrapped: the adapter must report where it is
+    now, since a run restores the model to that device afterwards (the meta
+    device stands in for a GPU on this CPU-only machine)."""
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    adapter = cnnviz_core.load_model(module)
+    assert adapter.device == "cpu"
+    module.to("meta")
+    assert adapter.device == "meta"
