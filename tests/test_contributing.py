@@ -141,6 +141,9 @@ def test_the_python_blocks_run_in_order_in_one_namespace(contributing, tmp_path)
     env = {k: v for k, v in os.environ.items()
            if k not in ("CNNVIZ_DISABLE_PLUGIN_AUTOLOAD", "CNNVIZ_DISABLE_PLUGINS", "PYTHONPATH")}
     env["CNNVIZ_PROGRESS"] = "0"
+    # On the CPU everywhere: the document's float comparisons are written for it (a GPU's TF32 convolutions round
+    # differently), and placement on a GPU is the conformance tests' business.
+    env["CUDA_VISIBLE_DEVICES"] = ""
     completed = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), capture_output=True,
                                text=True, timeout=600, cwd=tmp_path, env=env)
     assert completed.returncode == 0, f"a CONTRIBUTING.md snippet failed:\n{completed.stderr[-6000:]}"
