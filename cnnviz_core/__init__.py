@@ -44,6 +44,7 @@ from .results import AttributionResult
 from .results_analysis import AnalysisResult
 from .results_synthesis import SynthesisResult
 from .scheduler import Scheduler
+from .store import StoredResults, open_results, run_dataset
 from .synthesis import Synthesis, SynthesisMethod, SynthesisParams
 from .targets import KINDS as TARGET_KINDS, Target, parse_target, resolve_classes, validate_targets
 
@@ -58,6 +59,8 @@ __all__ = [
     "ModelLoadError", "OutOfMemoryError", "PluginError", "PreprocessConfig", "Scheduler", "Target",
     "TargetError", "check_capabilities", "get_registry", "hookimpl", "load_model", "methods",
     "missing_capabilities", "models", "param", "parse_target", "reset_registry", "run",
+    # dataset runs: attribution maps of a whole dataset in one resumable store
+    "StoredResults", "open_results", "run_dataset",
     # for plugins: targets, score selection, pictures
     "TARGET_KINDS", "images", "plots", "render", "resolve_classes", "select_scores", "validate_targets",
     # the adapter contract's answers (cnnviz_core.ModelAdapter), and small facts kept between processes

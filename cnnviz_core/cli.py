@@ -18,6 +18,7 @@ from .output_paths import check_output_file, check_output_folder
 from .progress import progress_default
 from .registry import get_registry
 from .scheduler import Scheduler
+from .store.cli_dataset import cmd_dataset_run, parse_dataset_run
 
 EXIT_BAD_INPUT = 2
 
@@ -289,7 +290,7 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"methods": cmd_methods, "models": cmd_models, "plugins": cmd_plugins, "run": cmd_run,
-            "demo": cmd_demo, "export-onnx": cmd_export}
+            "demo": cmd_demo, "export-onnx": cmd_export, "dataset-run": cmd_dataset_run}
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -328,7 +329,7 @@ def _main(argv: list[str] | None) -> int:
         try:
             argv = sys.argv[1:] if argv is None else list(argv)
             _refuse_clashing_names(argv)
-            args = parse_several_analyses(argv) or build_parser().parse_args(argv)
+            args = parse_dataset_run(argv, _Parser) or parse_several_analyses(argv) or build_parser().parse_args(argv)
         except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
             return int(exit_request.code or 0)
         return COMMANDS[args.command](args)

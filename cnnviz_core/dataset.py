@@ -1,5 +1,7 @@
-"""Datasets for the analyses: a folder of images (class subfolders are the
-labels), a list of paths, or any iterable of images or (image, label) pairs.
+"""Datasets for the analyses and dataset runs: a folder of images (class
+subfolders are the labels), a list file (one path per line, optionally a
+label after it), a glob pattern, a list of paths, or any iterable of images or
+(image, label) pairs.
 
 Images are decoded only when their batch is reached, so memory is bounded by
 one batch (plus one prefetched) whatever the dataset's size. A file that cannot
@@ -9,6 +11,7 @@ where nothing can be read is an error."""
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -55,9 +58,15 @@ class Dataset:
         if isinstance(spec, Dataset):
             return spec
         if isinstance(spec, (str, os.PathLike)):
-            if not os.path.isdir(spec):
-                raise InputError(f"dataset {spec} is not a folder; give a folder of images, a list of image paths or an iterable of images")
-            return cls.from_folder(spec)
+            if os.path.isdir(spec):
+                return cls.from_folder(spec)
+            if glob.has_magic(os.fspath(spec)):
+                return cls.from_glob(os.fspath(spec))
+            if os.path.isfile(spec) and not _is_image(os.path.basename(spec)):
+                return cls.from_list_file(spec)
+            raise InputError(f"dataset {spec} is not a folder, a list file or a glob pattern; give a folder of images "
+                             "(class subfolders as labels), a text file of image paths, a pattern such as 'images/*.png', "
+                             "a list of image paths or an iterable of images")
         if isinstance(spec, np.ndarray) or hasattr(spec, "detach"):
             raise InputError("a dataset is a folder, a list of paths, or an iterable of images / (image, label) pairs, not one array; "
                              "wrap arrays as a list of (H, W, 3) images")
@@ -88,6 +97,36 @@ class Dataset:
             raise InputError(f"no images found in {folder} (looked for {', '.join(IMAGE_SUFFIXES)} files, and in class subfolders)")
         return cls(items, len(items), classes or None, folder, True)
 
+    @classmethod
+    def from_glob(cls, pattern: str) -> "Dataset":
+        """The image files a glob pattern matches (``**`` recursive), sorted, unlabelled."""
+        items = [(p, -1) for p in sorted(glob.glob(pattern, recursive=True)) if _is_image(os.path.basename(p))]
+        if not items:
+            raise InputError(f"the pattern {pattern} matches no image file ({', '.join(IMAGE_SUFFIXES)})")
+        return cls(items, len(items), None, pattern, True)
+
+    @classmethod
+    def from_list_file(cls, path: str | os.PathLike) -> "Dataset":
+        """A text file with one image path per line, optionally followed by a
+        whitespace and an integer label; relative paths are relative to the
+        file's folder; blank lines and lines starting with # are ignored."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        items: list[tuple[str, int]] = []
+        with open(path, encoding="utf-8") as stream:
+            for line in stream:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name, label = line, -1
+                parts = line.rsplit(maxsplit=1)  # a path may hold spaces; a trailing integer is the label
+                if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                    name, label = parts[0], int(parts[1])
+                items.append((name if os.path.isabs(name) else os.path.join(folder, name), label))
+        if not items:
+            raise InputError(f"the list file {path} names no image; write one image path per line (optionally a label after it)")
+        return cls(items, len(items), None, path, True)
+
     @property
     def has_labels(self) -> bool:
         return self.class_names is not None
@@ -98,11 +137,11 @@ class Dataset:
         return self.length
 
     # -- streaming -----------------------------------------------------------
-    def batches(self, config: PreprocessConfig, batch_size: int, start: int = 0) -> Iterator[DatasetBatch]:
-        """Batches of decoded, resized, normalized images from item ``start``
-        on; the next batch is decoded on a worker thread while the current one
-        is used."""
-        chunks = _chunks(self._numbered(start), batch_size)
+    def batches(self, config: PreprocessConfig, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[DatasetBatch]:
+        """Batches of decoded, resized, normalized images of items ``start`` to
+        ``stop`` (exclusive; None: the end); the next batch is decoded on a
+        worker thread while the current one is used."""
+        chunks = _chunks(self._numbered(start, stop), batch_size)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
             for chunk in chunks:
@@ -117,8 +156,16 @@ class Dataset:
                 if batch is not None:
                     yield batch
 
-    def _numbered(self, start: int) -> Iterator[tuple[int, Any, int]]:
+    def _numbered(self, start: int, stop: int | None = None) -> Iterator[tuple[int, Any, int]]:
+        if isinstance(self._items, Sequence):  # random access: no walk over the items before start
+            end = len(self._items) if stop is None else min(stop, len(self._items))
+            for index in range(start, end):
+                item, label = self._items[index]
+                yield index, item, label
+            return
         for index, (item, label) in enumerate(self._items):
+            if stop is not None and index >= stop:
+                return
             if index >= start:
                 yield index, item, label
 
@@ -141,6 +188,13 @@ class Dataset:
         stacked = np.stack(pixels)
         return DatasetBatch(imaging.normalize(stacked, config), stacked, np.asarray(labels, np.int64), names,
                             np.asarray(indices, np.int64))
+
+    def entry(self, index: int) -> tuple[Any, int] | None:
+        """(item, label) of item ``index`` where the source allows random
+        access (paths, sequences); None for one-shot iterators."""
+        if not isinstance(self._items, Sequence):
+            return None
+        return self._items[index]
 
     def image(self, index: int) -> Image.Image | None:
         """Random access to item ``index`` where the source allows it (paths,
