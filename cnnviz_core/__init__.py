@@ -37,6 +37,8 @@ from .errors import (
     TargetError,
 )
 from .hookspecs import hookimpl
+from .images import preprocess
+from .pixel_arrays import NormalizedBatch
 from .model_facts import CamHead, ForwardRunner, ReceptiveField, Span, WeightLayer, WeightLayerNotFoundError
 from .method import Attribution, AttributionMethod, AttributionParams, Method, MethodParams, param
 from .registry import get_registry, reset_registry
@@ -59,6 +61,8 @@ __all__ = [
     "ModelLoadError", "OutOfMemoryError", "PluginError", "PreprocessConfig", "Scheduler", "Target",
     "TargetError", "check_capabilities", "get_registry", "hookimpl", "load_model", "methods",
     "missing_capabilities", "models", "param", "parse_target", "reset_registry", "run",
+    # raw images → the model's normalized batch, declared as such
+    "NormalizedBatch", "preprocess",
     # dataset runs: attribution maps of a whole dataset in one resumable store
     "StoredResults", "open_results", "run_dataset",
     # for plugins: targets, score selection, pictures

@@ -164,9 +164,11 @@ class ModelAdapter(abc.ABC):
     def display_images(self, inputs: np.ndarray) -> np.ndarray:
         return images.denormalize(inputs, self.config)
 
-    def prepare(self, inputs) -> tuple[np.ndarray, list[str]]:
-        """Paths, PIL images or arrays → normalized batch and input names."""
-        batch, names = images.prepare_inputs(inputs, self.config)
+    def prepare(self, inputs, normalized: bool | None = None) -> tuple[np.ndarray, list[str]]:
+        """Paths, ``skimage:NAME``, PIL images or arrays → normalized batch and
+        input names (see :func:`cnnviz_core.images.prepare_inputs` for how
+        arrays are taken and what ``normalized`` declares)."""
+        batch, names = images.prepare_inputs(inputs, self.config, normalized)
         return batch, names
 
     # -- activations ---------------------------------------------------------

@@ -77,16 +77,22 @@ def run(
     keep_best: Callable | None = None,
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
+    normalized: bool | None = None,
     **params,
 ):
     """Run a registered method on a model.
 
-    Attribution methods: ``inputs`` are paths, PIL images, or a preprocessed
-    (B, 3, H, W) array/tensor; ``target`` a class index, a label name,
+    Attribution methods: ``inputs`` are paths, ``skimage:NAME`` samples, PIL
+    images, pixel arrays/tensors (uint8, or floats in [0, 1] with
+    ``normalized=False``; resized and normalized like files), or a normalized
+    (B, 3, H, W) array/tensor (``normalized=True``, or a batch from
+    :func:`cnnviz_core.preprocess`; an undeclared float batch is taken as
+    normalized, with a warning when it looks like [0, 1] pixels); ``target`` a class index, a label name,
     ``"top1"`` (default), a neuron ``"layer:channel[@y,x]"``, or one per input.
 
     Synthesis methods: ``inputs`` (for those that start from an image) are
-    paths, PIL images, or a (B, 3, H, W) array of pixels in [0, 1]; ``target``
+    paths, PIL images, or pixel arrays (a float (B, 3, H, W) array: pixels in
+    [0, 1] at the model's size unless ``normalized`` says otherwise); ``target``
     is what to make (one item per target for methods that need no image).
     ``keep_best(index, image, objective, step)`` receives each item's best
     image so far while the run goes.
@@ -110,6 +116,8 @@ def run(
     adapter = load_model(model)
     if method_class.kind == "analysis" and target is not None:
         raise InputError(f"{method} analyses a dataset and takes no target")
+    if method_class.kind == "analysis" and normalized is not None:
+        raise InputError(f"{method} analyses a dataset of images; normalized= applies to image inputs of other methods")
     check_capabilities(method_class, adapter)
     method_params = method_class.make_params(**params)
     with placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as chosen:
@@ -121,9 +129,9 @@ def run(
         if method_class.kind == "synthesis":
             from .synthesis_inputs import synthesis_items
 
-            pixels, targets, names = synthesis_items(instance, adapter, inputs, target)
+            pixels, targets, names = synthesis_items(instance, adapter, inputs, target, normalized=normalized)
             return instance.run(pixels, targets, names, keep_best=keep_best)
-        batch, names = adapter.prepare(inputs)
+        batch, names = adapter.prepare(inputs) if normalized is None else adapter.prepare(inputs, normalized=normalized)
         targets = parse_targets(target, len(batch), adapter.num_classes, adapter.labels)
         return instance.run(batch, targets, names=names, on_batch=on_batch)
 

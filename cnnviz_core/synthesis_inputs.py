@@ -8,17 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from . import images as imaging
+from . import images as imaging, pixel_arrays
 from .errors import InputError, TargetError
 from .synthesis import SynthesisMethod, check_pixels
 from .targets import Target, parse_targets
 
 
-def synthesis_items(method: SynthesisMethod, adapter, inputs: Any, target: Any) -> tuple[np.ndarray | None, list[Target], list[str]]:
+def synthesis_items(method: SynthesisMethod, adapter, inputs: Any, target: Any,
+                    normalized: bool | None = None) -> tuple[np.ndarray | None, list[Target], list[str]]:
     if method.needs_image:
         if inputs is None:
             raise InputError(f"{method.name} starts from an input image: give --image FILE (or inputs=...)")
-        pixels, names = starting_pixels(inputs, adapter, method.name)
+        pixels, names = starting_pixels(inputs, adapter, method.name, normalized)
         targets = parse_targets(target, len(pixels), adapter.num_classes, adapter.labels)
         return pixels, targets, names
     if inputs is not None:
@@ -31,19 +32,26 @@ def synthesis_items(method: SynthesisMethod, adapter, inputs: Any, target: Any) 
     return None, targets, names
 
 
-def starting_pixels(inputs: Any, adapter, method: str) -> tuple[np.ndarray, list[str]]:
-    """Files and PIL images are loaded and resized; arrays/tensors are taken
-    as pixels in [0, 1] at the model's input size, and checked."""
-    if hasattr(inputs, "detach") and hasattr(inputs, "cpu"):
-        inputs = inputs.detach().cpu().numpy()
-    if isinstance(inputs, np.ndarray):
-        array = inputs[None] if inputs.ndim == 3 else inputs
-        if not np.issubdtype(array.dtype, np.floating):
-            raise InputError(f"{method}: an array input must hold float pixels in [0, 1], got {array.dtype}")
+def starting_pixels(inputs: Any, adapter, method: str, normalized: bool | None = None) -> tuple[np.ndarray, list[str]]:
+    """The starting images as (B, 3, H, W) pixels in [0, 1] at the model's
+    input size. Every raw form attribution takes is taken here the same way
+    (files, ``skimage:NAME``, PIL images, uint8 arrays and tensors, float
+    pixels with ``normalized=False``: resized like files); a normalized batch
+    (``normalized=True`` or from :func:`cnnviz_core.preprocess`) is turned
+    back into pixels. An undeclared float (B, 3, H, W) array is the pixels
+    themselves: in [0, 1], at the model's size, used exactly."""
+    found = pixel_arrays.as_array(inputs)
+    if found is not None and pixel_arrays.role(found[0], normalized, f"{method}: the input") == "model":
+        array = found[0][None] if found[0].ndim == 3 else found[0]
         array = np.ascontiguousarray(array, dtype=np.float32)
+        height, width = adapter.config.input_size
+        if tuple(array.shape[-2:]) != (height, width):
+            raise InputError(f"{method}: a float (B, 3, H, W) array is taken as pixels at the model's input size, "
+                             f"{height}x{width}, got {array.shape[-2]}x{array.shape[-1]}: pass normalized=False to have "
+                             "raw pixels resized, or give files, PIL images or uint8 arrays")
         check_pixels(array, adapter.config.input_size, method)
         return array, [f"input{i}" for i in range(len(array))]
-    batch, names = adapter.prepare(inputs)
+    batch, names = adapter.prepare(inputs) if normalized is None else adapter.prepare(inputs, normalized=normalized)
     return imaging.denormalize(batch, adapter.config), names
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from skimage import data as skdata
 
+import cnnviz_core
 import cnnviz_core.images as images
 from cnnviz_core.config import PreprocessConfig
 from cnnviz_core.errors import ImageLoadError, InputError
 from cnnviz_core.images import load_image, prepare_inputs, to_rgb, unique_names
+from cnnviz_core.pixel_arrays import NormalizedBatch
 
 ORIENTATION = 0x0112
 
@@ -190,9 +196,9 @@ def test_normalization_of_a_constant_image():
 
 def test_prepare_numpy_batch_passes_through():
     rng = np.random.default_rng(0)
-    array = rng.standard_normal((2, 3, 8, 8))  # float64
+    array = rng.standard_normal((2, 3, 16, 24))  # float64, normalized, at the model's size
     batch, names = prepare_inputs(array, CONFIG)
-    assert batch.shape == (2, 3, 8, 8)
+    assert batch.shape == (2, 3, 16, 24)
     assert batch.dtype == np.float32
     assert batch.flags["C_CONTIGUOUS"]
     np.testing.assert_allclose(batch, array.astype(np.float32))
@@ -200,10 +206,10 @@ def test_prepare_numpy_batch_passes_through():
 
 
 def test_prepare_torch_tensor():
-    tensor = torch.linspace(-1, 1, 2 * 3 * 4 * 5).reshape(2, 3, 4, 5).requires_grad_(True)
+    tensor = torch.linspace(-1, 1, 2 * 3 * 16 * 24).reshape(2, 3, 16, 24).requires_grad_(True)
     batch, names = prepare_inputs(tensor, CONFIG)
     assert isinstance(batch, np.ndarray)
-    assert batch.shape == (2, 3, 4, 5)
+    assert batch.shape == (2, 3, 16, 24)
     assert batch.dtype == np.float32
     np.testing.assert_allclose(batch, tensor.detach().numpy())
     assert names == ["input0", "input1"]
@@ -211,34 +217,144 @@ def test_prepare_torch_tensor():
 
 def test_prepare_single_chw_array_gets_one_name():
     """A (3, H, W) array is accepted as a batch of one; it must get one name."""
-    batch, names = prepare_inputs(np.zeros((3, 8, 8), np.float32), CONFIG)
-    assert batch.shape == (1, 3, 8, 8)
+    batch, names = prepare_inputs(np.zeros((3, 16, 24), np.float32), CONFIG)
+    assert batch.shape == (1, 3, 16, 24)
     assert len(names) == len(batch), f"one name per input expected, got {names} for a batch of {len(batch)}"
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 8, 8, 3), (8, 8), (1, 2, 3, 8, 8)])
+@pytest.mark.parametrize("shape", [(1, 2, 3, 8, 8), (2, 5, 8, 8), (7, 5, 6), (8,)])
 def test_wrong_shapes_are_input_errors(shape):
     with pytest.raises(InputError, match="shape"):
         prepare_inputs(np.zeros(shape, np.float32), CONFIG)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_])
-def test_integer_arrays_are_input_errors(dtype):
-    with pytest.raises(InputError, match="floating"):
+def test_normalized_input_of_the_wrong_size_is_refused_naming_the_size():
+    for normalized in (None, True):
+        with pytest.raises(InputError, match="16x24") as info:
+            prepare_inputs(np.zeros((2, 3, 8, 8), np.float32), CONFIG, normalized=normalized)
+        assert "normalized=False" in str(info.value)  # says how to have pixels resized
+
+
+def test_a_declared_normalized_input_must_be_a_float_model_batch(cat, cat_png):
+    with pytest.raises(InputError, match="uint8 pixels"):
+        prepare_inputs(cat, CONFIG, normalized=True)
+    with pytest.raises(InputError, match=r"\(B, 3, H, W\)"):
+        prepare_inputs(np.zeros((16, 24, 3), np.float32), CONFIG, normalized=True)
+    with pytest.raises(InputError, match="raw pixels"):
+        prepare_inputs([cat_png], CONFIG, normalized=True)
+    with pytest.raises(InputError, match="True, False or None"):
+        prepare_inputs(np.zeros((1, 3, 16, 24), np.float32), CONFIG, normalized="yes")
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.uint16])
+def test_integer_arrays_other_than_uint8_are_input_errors(dtype):
+    with pytest.raises(InputError, match="uint8 pixels"):
         prepare_inputs(np.zeros((1, 3, 8, 8), dtype), CONFIG)
 
 
-def test_integer_tensor_is_input_error():
-    with pytest.raises(InputError):
-        prepare_inputs(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), CONFIG)
+def test_integer_tensor_other_than_uint8_is_input_error():
+    with pytest.raises(InputError, match="int64"):
+        prepare_inputs(torch.zeros(1, 3, 8, 8, dtype=torch.int64), CONFIG)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_values_are_input_errors(bad):
-    array = np.zeros((1, 3, 8, 8), np.float32)
+    array = np.zeros((1, 3, 16, 24), np.float32)
     array[0, 1, 2, 3] = bad
     with pytest.raises(InputError, match="NaN"):
         prepare_inputs(array, CONFIG)
+    with pytest.raises(InputError, match="NaN"):
+        prepare_inputs(array, CONFIG, normalized=False)
+
+
+# -- raw pixel arrays ------------------------------------------------------------------
+def test_uint8_arrays_in_every_layout_match_the_pil_image_exactly(cat):
+    expected, _ = prepare_inputs(Image.fromarray(cat), CONFIG)
+    chw = np.ascontiguousarray(cat.transpose(2, 0, 1))
+    for form in (cat, [cat], cat[None], chw, torch.from_numpy(chw), torch.from_numpy(chw)[None], [torch.from_numpy(chw)]):
+        batch, names = prepare_inputs(form, CONFIG)
+        np.testing.assert_array_equal(batch, expected)
+        assert names == ["input0"]
+    stacked, names = prepare_inputs(np.stack([cat, cat[::-1]]), CONFIG)
+    flipped, _ = prepare_inputs(Image.fromarray(np.ascontiguousarray(cat[::-1])), CONFIG)
+    np.testing.assert_array_equal(stacked, np.concatenate([expected, flipped]))
+    assert names == ["input0", "input1"]
+
+
+def test_grey_and_rgba_uint8_arrays_are_converted_like_files(cat):
+    grey = np.asarray(Image.fromarray(cat).convert("L"))
+    for form in (grey, grey[..., None], grey[None]):
+        batch, _ = prepare_inputs([form], CONFIG)
+        np.testing.assert_allclose(batch[0], hand_preprocess(Image.fromarray(grey), CONFIG), atol=1e-5)
+    rgba = np.dstack([cat, np.zeros(cat.shape[:2], np.uint8)])  # fully transparent: white
+    batch, _ = prepare_inputs(rgba, CONFIG)
+    expected = [(1.0 - m) / s for m, s in zip(CONFIG.mean, CONFIG.std)]
+    np.testing.assert_allclose(batch[0].reshape(3, -1).mean(axis=1), expected, atol=1e-5)
+
+
+def test_float_pixels_are_resized_like_the_uint8_they_came_from(cat):
+    expected, _ = prepare_inputs(cat, CONFIG)
+    as_float = cat.astype(np.float32) / 255.0
+    chw = torch.from_numpy(as_float.transpose(2, 0, 1).copy())
+    for form in (chw, chw[None], chw.numpy().astype(np.float64)):
+        batch, _ = prepare_inputs(form, CONFIG, normalized=False)
+        np.testing.assert_allclose(batch, expected, atol=1e-6)
+    # a float (H, W, 3) array cannot be a model input: pixels without being told
+    batch, _ = prepare_inputs(as_float, CONFIG)
+    np.testing.assert_allclose(batch, expected, atol=1e-6)
+
+
+def test_float_pixels_at_the_models_size_are_used_exactly():
+    pixels = np.random.default_rng(3).random((2, 3, 16, 24))  # not 8-bit values
+    batch, _ = prepare_inputs(pixels, CONFIG, normalized=False)
+    mean = np.array(CONFIG.mean)[:, None, None]
+    std = np.array(CONFIG.std)[:, None, None]
+    np.testing.assert_allclose(batch, (pixels - mean) / std, atol=1e-5)
+
+
+def test_float_pixels_outside_0_1_are_refused():
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        prepare_inputs(np.full((1, 3, 16, 24), 2.0, np.float32), CONFIG, normalized=False)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        prepare_inputs(np.full((10, 12, 3), 255.0, np.float32), CONFIG)  # floats in 0-255
+    with pytest.raises(InputError, match="input 1"):
+        prepare_inputs([np.zeros((10, 12, 3), np.float32), np.full((10, 12, 3), -0.5, np.float32)], CONFIG)
+
+
+def test_an_undeclared_unit_range_float_batch_warns_how_to_declare_it():
+    pixels = np.random.default_rng(4).random((1, 3, 16, 24)).astype(np.float32)
+    with pytest.warns(cnnviz_core.MethodWarning, match="normalized=False") as caught:
+        batch, _ = prepare_inputs(pixels, CONFIG)
+    assert "normalized=True" in str(caught[0].message)
+    np.testing.assert_array_equal(batch, pixels)  # still taken as normalized (compatibility)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_inputs(pixels, CONFIG, normalized=True)  # declared: silent
+        prepare_inputs(pixels * 2 - 1, CONFIG)  # negative values: not [0, 1] pixels
+        prepare_inputs(np.zeros_like(pixels), CONFIG)  # a constant batch (the mean image) says nothing
+        identity = PreprocessConfig(input_size=(16, 24), mean=(0, 0, 0), std=(1, 1, 1))
+        prepare_inputs(pixels, identity)  # normalization leaves [0, 1] where it is: nothing to confuse
+
+
+# -- normalized batches that say so ---------------------------------------------------------
+def test_a_prepared_batch_declares_itself_normalized(cat):
+    batch, _ = prepare_inputs(cat, CONFIG)
+    assert isinstance(batch, NormalizedBatch) and batch.config == CONFIG
+    part = batch[:1]
+    assert isinstance(part, NormalizedBatch) and part.config == CONFIG
+    assert type(batch + 1) is np.ndarray and type(np.concatenate([batch, batch])) is np.ndarray
+    restored = pickle.loads(pickle.dumps(batch))
+    assert isinstance(restored, NormalizedBatch) and restored.config == CONFIG
+    np.testing.assert_array_equal(restored, batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = prepare_inputs(part, CONFIG)
+    np.testing.assert_array_equal(again, part)
+    with pytest.raises(InputError, match="drop normalized=False"):
+        prepare_inputs(batch, CONFIG, normalized=False)
+    other = PreprocessConfig(input_size=(16, 24))  # ImageNet mean and std
+    with pytest.raises(InputError, match="normalized for another model"):
+        prepare_inputs(batch, other)
 
 
 def test_unsupported_items_are_input_errors():
@@ -281,3 +397,31 @@ def test_unique_names_never_collide_with_an_existing_stem(tmp_path, cat):
     _, names = prepare_inputs(paths, CONFIG)
     assert len(set(names)) == 3, f"duplicate output names {names}"
     assert len(set(unique_names(["a", "a", "a_1"]))) == 3
+
+
+# -- scikit-image's samples by name ----------------------------------------------------------
+def test_a_sample_by_name_is_the_photograph_named_after_it(cat):
+    batch, names = prepare_inputs(["skimage:chelsea", "skimage:camera"], CONFIG)
+    assert names == ["chelsea", "camera"]
+    np.testing.assert_allclose(batch[0], hand_preprocess(Image.fromarray(skdata.chelsea()), CONFIG), atol=1e-5)
+    np.testing.assert_allclose(batch[1], hand_preprocess(Image.fromarray(skdata.camera()), CONFIG), atol=1e-5)
+    assert images.open_image("skimage:horse").mode == "RGB"  # a boolean sample
+    assert images.source_name("skimage:coffee") == "coffee" and images.source_name("/a/b/cat.jpg") == "cat"
+
+
+def test_an_unknown_sample_lists_the_available_ones():
+    with pytest.raises(InputError, match="not a bundled scikit-image sample") as info:
+        prepare_inputs("skimage:mona_lisa", CONFIG)
+    assert "chelsea" in str(info.value) and "coffee" in str(info.value)
+
+
+def test_a_sample_without_scikit_image_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # import fails as if not installed
+    with pytest.raises(InputError, match="pip install scikit-image"):
+        images.load_sample("chelsea")
+
+
+def test_every_listed_sample_loads_offline():
+    for name in images.SAMPLE_NAMES:
+        image = images.load_sample(name)
+        assert image.mode == "RGB" and min(image.size) >= 100, name

@@ -1,7 +1,9 @@
 """The style image of style transfer, from what a user can give: a file path,
 ``skimage:NAME`` for a photograph bundled with scikit-image (offline, which
 is how ``cnnviz demo`` gets a style without a file), a PIL image, or an array
-((H, W, 3) / (3, H, W) / (1, 3, H, W); uint8, or floats in [0, 1]).
+or tensor ((H, W, 3) / (3, H, W) / (1, 3, H, W); uint8, or floats in [0, 1]).
+Files, samples and arrays are read by ``cnnviz_core.images``, as every image
+input is.
 
 Checked before any work, so a bad file is an ImageLoadError up front."""
 
@@ -13,13 +15,6 @@ import numpy as np
 from PIL import Image
 
 from cnnviz_core import ImageLoadError, InputError, images as imaging
-
-SKIMAGE_PREFIX = "skimage:"
-# scikit-image samples shipped inside its wheel (the others download on first use).
-SKIMAGE_BUNDLED = (
-    "astronaut", "brick", "camera", "chelsea", "coffee", "coins", "colorwheel", "grass", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "logo", "moon", "retina", "rocket", "text",
-)
 
 
 class InMemoryImage:
@@ -52,10 +47,8 @@ def checked_style(style, method: str):
         return text
     if isinstance(style, Image.Image):
         return InMemoryImage(style)
-    if hasattr(style, "detach") and hasattr(style, "cpu"):
-        style = style.detach().cpu().numpy()
-    if isinstance(style, np.ndarray):
-        return InMemoryImage(Image.fromarray(_array_to_uint8(style, method)))
+    if isinstance(style, np.ndarray) or hasattr(style, "detach"):  # an array or tensor, read like any image input
+        return InMemoryImage(_named(method, lambda: imaging.pil_image(style, "the style array")))
     raise InputError(f"{method}: style must be a file path, skimage:NAME, a PIL image or an array, got {type(style).__name__}")
 
 
@@ -63,10 +56,7 @@ def open_style(style, method: str) -> Image.Image:
     """The style as an RGB PIL image."""
     if isinstance(style, InMemoryImage):
         return style.image()
-    text = os.fspath(style)
-    if text.startswith(SKIMAGE_PREFIX):
-        return _skimage_sample(text[len(SKIMAGE_PREFIX):], method)
-    return imaging.load_image(text)
+    return _named(method, lambda: imaging.open_image(os.fspath(style)))
 
 
 def style_pixels(style, config, method: str) -> np.ndarray:
@@ -74,33 +64,12 @@ def style_pixels(style, config, method: str) -> np.ndarray:
     return imaging.resize(open_style(style, method), config)
 
 
-def _skimage_sample(name: str, method: str) -> Image.Image:
-    if name not in SKIMAGE_BUNDLED:
-        raise InputError(f"{method}: skimage:{name} is not a bundled scikit-image sample; choose one of {', '.join(SKIMAGE_BUNDLED)}")
+def _named(method: str, read):
+    """What ``read()`` returns; its InputError (not an unreadable file's,
+    which names the file) names the method."""
     try:
-        from skimage import data
-    except ImportError:
-        raise InputError(f"{method}: skimage:{name} needs scikit-image: pip install scikit-image") from None
-    try:
-        array = getattr(data, name)()
-    except Exception as error:  # a broken install: a missing or corrupt sample file
-        raise ImageLoadError(f"skimage:{name}", f"scikit-image could not load it ({type(error).__name__}: {error})") from None
-    return imaging.to_rgb(Image.fromarray(_array_to_uint8(np.asarray(array), method)))
-
-
-def _array_to_uint8(array: np.ndarray, method: str) -> np.ndarray:
-    if array.ndim == 4 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
-        array = array.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise InputError(f"{method}: a style array must be (H, W, 3), (3, H, W) or (H, W), got shape {array.shape}")
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-        raise InputError(f"{method}: a style array must be uint8, or floats in [0, 1]")
-    return np.round(array * 255).astype(np.uint8)
+        return read()
+    except ImageLoadError:
+        raise
+    except InputError as error:
+        raise InputError(f"{method}: {error}") from None
