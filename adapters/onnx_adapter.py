@@ -9,14 +9,15 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from cnnviz_core.adapter import ModelAdapter
 from cnnviz_core.capabilities import Capability
-from cnnviz_core.config import PreprocessConfig
-from cnnviz_core.errors import InputError, LayerNotFoundError, ModelLoadError
+from cnnviz_core.config import PreprocessConfig, config_from_metadata
+from cnnviz_core.errors import InputError, LayerNotFoundError, MethodWarning, ModelLoadError
 from cnnviz_core.model_facts import CamHead, ForwardRunner, ReceptiveField, WeightLayer
 from cnnviz_core.model_probes import probed_receptive_field
 
@@ -90,19 +91,38 @@ class OnnxAdapter(ModelAdapter):
         if options:
             raise InputError(f"unknown model option(s) for an ONNX model: {', '.join(sorted(options))}")
         sidecar = _read_sidecar(path)
-        base = sidecar.get("config", {})
-        try:
-            config = PreprocessConfig.from_dict({**base, **config_options})
-        except (TypeError, ValueError) as error:
-            raise InputError(f"bad preprocessing for {path}: {error}") from None
-        adapter = cls(path, config, labels if labels is not None else sidecar.get("labels"), name or sidecar.get("name"))
+        adapter = cls(path, PreprocessConfig(), labels if labels is not None else sidecar.get("labels"), name or sidecar.get("name"))
         adapter.sidecar = sidecar
         adapter._open()  # fail now, with the file named, if onnxruntime cannot read it
-        if "input_size" not in config_options and "config" not in sidecar:
-            adapter.config = PreprocessConfig(**{**config.to_dict(), "input_size": adapter._static_input_size() or config.input_size})
+        adapter.config = adapter._preprocessing(sidecar.get("config", {}), config_options)
         if device is not None:
             adapter.to(device)
         return adapter
+
+    def _preprocessing(self, sidecar: dict, options: dict) -> PreprocessConfig:
+        """The preprocessing from the model's metadata props, overridden by
+        the sidecar JSON, overridden by the caller's options (the CLI's
+        --mean/--std/--input-size/--interpolation); the input size falls back
+        to the graph's static one. A file that says nothing about its mean and
+        std gets a warning saying how to give them."""
+        props = dict(self._session.get_modelmeta().custom_metadata_map)
+        try:
+            metadata = config_from_metadata(props, self.path)
+            settings = {**metadata, **sidecar, **options}
+            settings.setdefault("input_size", self._static_input_size() or PreprocessConfig().input_size)
+            config = PreprocessConfig.from_dict(settings)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"bad preprocessing for {self.path}: {error}") from None
+        if not ({"mean", "std"} & (set(metadata) | set(sidecar) | set(options))):
+            warnings.warn(
+                f"{self.path} carries no preprocessing (no sidecar {os.path.basename(sidecar_path(self.path))} with a "
+                f"\"config\", no cnnviz.mean/std metadata props): assuming ImageNet mean and std, {config.interpolation} "
+                f"resize to {config.input_size[0]}x{config.input_size[1]}; scores are wrong if the model was trained "
+                "otherwise. Give it in the sidecar ({\"config\": {\"mean\": [R, G, B], \"std\": [R, G, B], "
+                "\"input_size\": [H, W], \"interpolation\": \"bilinear\"}}), as metadata props (cnnviz.mean = \"[R, G, B]\", "
+                "cnnviz.std, cnnviz.input_size, cnnviz.interpolation), or with --mean R G B --std R G B --input-size H W "
+                "--interpolation NAME (load_model options mean=, std=, input_size=, interpolation=)", MethodWarning, stacklevel=4)
+        return config
 
     def _new_session(self, model):
         """An InferenceSession on a path or serialized model bytes, on this

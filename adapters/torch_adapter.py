@@ -84,6 +84,8 @@ class TorchAdapter(ModelAdapter):
                 labels = imagenet_labels()
         if weights is not None:
             load_weights(module, weights)
+        elif not isinstance(spec, nn.Module):  # timm never downloads: without weights the model is untrained
+            _warn_random_weights(spec)
         try:
             config = PreprocessConfig(**{**base_config.to_dict(), **config_options})
         except ValueError as error:
@@ -231,6 +233,16 @@ def _create_timm(name: str, num_classes: int | None) -> tuple[nn.Module, Preproc
 def _output_classes(module: nn.Module) -> int | None:
     value = getattr(module, "num_classes", None)
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _warn_random_weights(spec: str) -> None:
+    import warnings
+
+    from cnnviz_core.errors import MethodWarning
+
+    warnings.warn(f"{spec} has random weights (timm models are built here without downloading): its outputs mean "
+                  "nothing until you give its trained state dict with --weights FILE (load_model(..., weights=FILE)); "
+                  "the built-in efficientnet_lite0 comes with ImageNet weights", MethodWarning, stacklevel=4)
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike) -> None:

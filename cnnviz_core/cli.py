@@ -14,6 +14,7 @@ import warnings
 
 from . import api, atomic, render
 from .errors import CnnvizError, InputError
+from .model_options import add_model_flags, model_options
 from .output_paths import check_output_file, check_output_folder
 from .progress import progress_default
 from .registry import get_registry
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model")
     export.add_argument("output", help="path of the .onnx file to write (its sidecar is OUTPUT.json)")
     export.add_argument("--weights", help="state dict for a timm:NAME model")
+    add_model_flags(export)  # recorded in the sidecar
     return parser
 
 
@@ -83,10 +85,12 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
     kinds = {cls.kind for cls in method_classes}
     parser.add_argument("--model", required=True, help="a model name, timm:NAME or a path to an .onnx file")
     parser.add_argument("--weights", help="state dict for a timm:NAME model (.pth or .safetensors)")
+    add_model_flags(parser)
     if kinds & {"attribution", "synthesis"}:
         needs_image = any(cls.kind == "attribution" or getattr(cls, "needs_image", False) for cls in method_classes)
         if needs_image:
-            parser.add_argument("--image", nargs="+", required=True, metavar="FILE", help="input image file(s)")
+            parser.add_argument("--image", nargs="+", required=True, metavar="FILE",
+                                help="input image file(s), or skimage:NAME for a photograph bundled with scikit-image (skimage:chelsea)")
         parser.add_argument("--target", nargs="+", metavar="T", required=not needs_image,
                             help="class index, label name, top1 (default), layer:channel (the channel's spatial mean) or layer:channel@y,x (one unit); one, or one per image"
                             if needs_image else "what to make: class index, label name, layer:channel (the channel's spatial mean) or layer:channel@y,x (one unit); one item per target")
@@ -108,8 +112,8 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
     parser.set_defaults(param_names=names)
 
 
-def _load(spec: str, weights: str | None = None):
-    options = {"weights": weights} if weights else {}
+def _load(spec: str, weights: str | None = None, preprocessing: dict | None = None):
+    options = {**({"weights": weights} if weights else {}), **(preprocessing or {})}
     if weights and not (isinstance(spec, str) and spec.startswith("timm:")):
         raise InputError("--weights goes with a timm:NAME model")
     return api.load_model(spec, **options)
@@ -183,7 +187,7 @@ def cmd_run(args) -> int:
     params = {name: collect_params(args, args.param_names[name]) for name in methods}
     for method_class in classes:
         method_class.make_params(**params[method_class.name])
-    adapter = _load(args.model, args.weights)
+    adapter = _load(args.model, args.weights, model_options(args))
     for method_class in classes:
         api.check_capabilities(method_class, adapter)
     scheduler = Scheduler(device=args.device, progress=progress_default(False if args.quiet else None, default=True))
@@ -284,7 +288,7 @@ def cmd_export(args) -> int:
     if not args.output.lower().endswith(".onnx"):
         raise InputError("the output path must end with .onnx")
     check_output_file(args.output)
-    path = export_onnx(_load(args.model, args.weights), args.output)
+    path = export_onnx(_load(args.model, args.weights, model_options(args)), args.output)
     print(f"wrote {path} and {path}.json")
     return 0
 
