@@ -51,10 +51,15 @@ class AttributionResult:
 
     # -- rendering ---------------------------------------------------------
     def renderings(self, index: int) -> dict[str, np.ndarray]:
-        """The PNG renderings of one input, by file suffix."""
-        out = {"heatmap": render.heatmap(self.maps[index])}
+        """The PNG renderings of one input, by file suffix: ``heatmap`` (the
+        map's colours with a colour bar of its values under it; diverging and
+        centred at zero for signed maps, see :mod:`cnnviz_core.render`),
+        ``overlay`` (over the input, pixel-aligned with it, same scale) and,
+        for gradient methods, ``gradient`` (the signed image-space result)."""
+        scale = render.map_scale(self.maps[index])
+        out = {"heatmap": render.with_colorbar(render.heatmap(self.maps[index], scale), scale)}
         if self.display is not None:
-            out["overlay"] = render.overlay(self.display[index], self.maps[index])
+            out["overlay"] = render.overlay(self.display[index], self.maps[index], scale=scale)
         if self.images is not None:
             out["gradient"] = render.gradient_image(self.images[index])
         return out
