@@ -425,3 +425,14 @@ def test_every_listed_sample_loads_offline():
     for name in images.SAMPLE_NAMES:
         image = images.load_sample(name)
         assert image.mode == "RGB" and min(image.size) >= 100, name
+
+
+def test_one_image_array_in_any_form_becomes_the_same_pil_image(cat):
+    """pil_image is how a plugin (style_transfer's style) reads an array or tensor."""
+    chw = np.ascontiguousarray(cat.transpose(2, 0, 1))
+    for form in (cat, chw, torch.from_numpy(chw), torch.from_numpy(chw)[None], torch.from_numpy(chw).float() / 255):
+        np.testing.assert_array_equal(np.asarray(images.pil_image(form)), cat)
+    with pytest.raises(InputError, match="holds 2 images"):
+        images.pil_image(np.stack([cat, cat]))
+    with pytest.raises(InputError, match="floats in"):
+        images.pil_image(cat.astype(np.float32))  # 0-255 floats
