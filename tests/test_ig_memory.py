@@ -13,12 +13,21 @@ import numpy as np
 import pytest
 
 import cnnviz_core
+from cnnviz_adapters.torch_adapter import TorchAdapter
+from cnnviz_core import PreprocessConfig
 from cnnviz_core.toolkit.input_gradient import InputGradient
 from cnnviz_plugins.attribution import integrated_gradients as ig
 
-from conftest import small_torch_adapter
+from conftest import SMALL_CONFIG
+from tiny_models import SmallConvNet
 
 SIZE = 64  # input side: one gradient is 3 x 64 x 64 float32 = 48 KiB, well above the run's other allocations
+
+
+def big_small_adapter() -> TorchAdapter:
+    """The small conv net (global pooling: any input size) configured for SIZE-pixel inputs."""
+    config = PreprocessConfig(input_size=(SIZE, SIZE), mean=SMALL_CONFIG.mean, std=SMALL_CONFIG.std)
+    return TorchAdapter(SmallConvNet(seed=0), "small_convnet", config)
 GRADIENT_BYTES = 3 * SIZE * SIZE * 4
 KEPT = 24  # gradients the adaptive rule may keep, for this test
 
@@ -54,7 +63,7 @@ def run_ig(steps: int):
     inputs = np.random.default_rng(0).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tolerance 0 spends every step; no warning is under test here
-        return cnnviz_core.run("integrated_gradients", small_torch_adapter(), inputs, steps=steps, tolerance=0.0)
+        return cnnviz_core.run("integrated_gradients", big_small_adapter(), inputs, steps=steps, tolerance=0.0)
 
 
 def peak_bytes(steps: int) -> int:
