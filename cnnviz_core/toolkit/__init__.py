@@ -38,19 +38,56 @@ Example, HiResCAM (Draelos & Carin 2020) in full::
     def cnnviz_methods():
         return [HiResCAM]
 
-Importing this package imports torch; ``import cnnviz_core`` alone does not.
+Importing this package imports no torch: each name loads its module on first
+use (PEP 562), and the modules import torch inside the functions that run on a
+model, so a plugin that subclasses :class:`GradientCAM` or :class:`InputGradient`
+lists its methods without torch. Only :mod:`.backward_rules` (guided and
+deconvnet backward passes, whose tables and autograd function are built from
+torch types) imports torch when it loads.
 """
 
-from .backward_rules import RuleReport, backward_rule
-from .blur import gaussian_blur
-from .gradient_cam import CAMParams, GradientCAM
-from .hooks import capture_outputs, eval_mode, forward_hooks, frozen_parameters, gradient_root, hook_count
-from .input_gradient import GradientParams, InputGradient
-from .layer_features import LayerFeatures, read_layers
-from .scores import class_scores, neuron_score, target_scores
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name → the submodule that defines it
+_SOURCES = {
+    "RuleReport": "backward_rules", "backward_rule": "backward_rules",
+    "gaussian_blur": "blur",
+    "CAMParams": "gradient_cam", "GradientCAM": "gradient_cam",
+    "capture_outputs": "hooks", "eval_mode": "hooks", "forward_hooks": "hooks", "frozen_parameters": "hooks",
+    "gradient_root": "hooks", "hook_count": "hooks",
+    "GradientParams": "input_gradient", "InputGradient": "input_gradient",
+    "LayerFeatures": "layer_features", "read_layers": "layer_features",
+    "class_scores": "scores", "neuron_score": "scores", "target_scores": "scores",
+}
 
 __all__ = [
     "CAMParams", "GradientCAM", "GradientParams", "InputGradient", "LayerFeatures", "RuleReport",
     "backward_rule", "capture_outputs", "class_scores", "eval_mode", "forward_hooks", "frozen_parameters",
     "gaussian_blur", "gradient_root", "hook_count", "neuron_score", "read_layers", "target_scores",
 ]
+
+
+def __getattr__(name: str):
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the names, eagerly
+    from .backward_rules import RuleReport, backward_rule
+    from .blur import gaussian_blur
+    from .gradient_cam import CAMParams, GradientCAM
+    from .hooks import capture_outputs, eval_mode, forward_hooks, frozen_parameters, gradient_root, hook_count
+    from .input_gradient import GradientParams, InputGradient
+    from .layer_features import LayerFeatures, read_layers
+    from .scores import class_scores, neuron_score, target_scores

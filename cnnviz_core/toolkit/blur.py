@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def gaussian_blur(images, sigma: float):
@@ -16,6 +14,9 @@ def gaussian_blur(images, sigma: float):
     ``sigma`` pixels: kernel radius 3σ, edges replicated, so any image size
     works. Blurring commutes with a per-channel normalization, so normalized
     inputs can be blurred directly."""
+    import torch
+    import torch.nn.functional as F
+
     is_array = isinstance(images, np.ndarray)
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)) if is_array else images
     single = x.dim() == 3

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, param, resolve_classes
 
 from .hooks import frozen_parameters, gradient_root
 from .scores import class_scores
+
+if TYPE_CHECKING:  # torch loads when a map is computed, not when a subclass is defined
+    import torch
 
 
 @dataclasses.dataclass
@@ -43,6 +46,9 @@ class GradientCAM(AttributionMethod):
         return gradients.mean(dim=(2, 3), keepdim=True)
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
+        import torch
+        import torch.nn.functional as F
+
         module = self.adapter.module
         # Parameters frozen and the layer output made a leaf: the graph starts
         # at the layer, so the backward stops there and computes no weight grads.

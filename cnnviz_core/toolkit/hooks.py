@@ -4,10 +4,11 @@ success and on error."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads with the first hook that needs it
+    import torch
+    from torch import nn
 
 
 @contextlib.contextmanager
@@ -28,6 +29,8 @@ def capture_outputs(modules: dict[str, nn.Module], protect: bool = False) -> Ite
     """Record each module's (last) output by name. With ``protect`` the rest of
     the forward gets a clone, so an in-place op after the layer (ReLU(inplace=True))
     cannot change the recorded value or the gradient taken through it."""
+    import torch
+
     outputs: dict[str, torch.Tensor] = {}
 
     def make_hook(name):
@@ -48,6 +51,8 @@ def gradient_root(module: nn.Module, name: str) -> Iterator[dict[str, torch.Tens
     """Make ``module``'s output the root of the autograd graph: it becomes a leaf
     that requires grad, so a backward from the score stops there. Used with
     :func:`frozen_parameters`, nothing before the layer builds a graph."""
+    import torch
+
     captured: dict[str, torch.Tensor] = {}
 
     def make_hook(layer_name):

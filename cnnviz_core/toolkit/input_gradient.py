@@ -15,11 +15,9 @@ import contextlib
 import dataclasses
 
 import numpy as np
-import torch
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, Target, resolve_classes, validate_targets
 
-from .backward_rules import backward_rule
 from .hooks import capture_outputs, frozen_parameters
 from .scores import target_scores
 
@@ -43,6 +41,8 @@ class InputGradient(AttributionMethod):
         """The backward pass's modification for the duration of one batch."""
         if self.rule is None:
             return contextlib.nullcontext()
+        from .backward_rules import backward_rule  # imports torch
+
         return backward_rule(self.adapter.module, self.rule, self.name)
 
     def maps_from(self, gradients: np.ndarray, inputs: np.ndarray) -> np.ndarray:
@@ -59,6 +59,8 @@ class InputGradient(AttributionMethod):
     def input_gradients(self, inputs: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """∂objective/∂input per image, the class explained (-1 for neurons) and
         the objective's value on the clean input."""
+        import torch
+
         module = self.adapter.module
         layers = {t.layer for t in targets if t.kind == "neuron"}
         hooked = {name: self.adapter.get_layer(name) for name in layers}

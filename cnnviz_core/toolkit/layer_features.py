@@ -13,14 +13,15 @@ Every hook lives in a context manager and is gone when a call returns.
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Mapping
 
 from cnnviz_core import MethodError
 
 from .hooks import capture_outputs, forward_hooks
+
+if TYPE_CHECKING:  # torch loads with the first read
+    import torch
+    from torch import nn
 
 
 class _AllRead(Exception):
@@ -71,6 +72,8 @@ class LayerFeatures:
     def reference(self, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A full forward without gradients: the logits and each layer's
         output (detached). Decides whether later passes may stop early."""
+        import torch
+
         calls = dict.fromkeys(self.names, 0)
 
         def make_counter(name):
@@ -91,6 +94,8 @@ class LayerFeatures:
         return self._checked(outputs)
 
     def _checked(self, outputs: dict) -> dict[str, torch.Tensor]:
+        import torch
+
         for name in self.names:
             output = outputs.get(name)
             if not isinstance(output, torch.Tensor):

@@ -9,17 +9,21 @@ or maximizes, per input, for each kind of target (see ``cnnviz_core.targets``).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from cnnviz_core import Target, resolve_classes
+
+if TYPE_CHECKING:  # torch loads when a score is taken
+    import torch
 
 
 def class_scores(logits: torch.Tensor, classes: np.ndarray, score: str = "logit") -> torch.Tensor:
     """(b,) the explained score per input, differentiable: the logit of
     ``classes[i]`` for input i, or its softmax probability (``score="prob"``)."""
+    import torch
+
     index = torch.as_tensor(classes, device=logits.device).view(-1, 1)
     values = logits.float().softmax(dim=1) if score == "prob" else logits.float()
     return values.gather(1, index).squeeze(1)
@@ -52,6 +56,8 @@ def target_scores(
     targets and :func:`neuron_score` of ``outputs[layer][i]`` for neuron
     targets. ``classes``: the class explained per input (neuron rows ignored);
     by default resolved from ``targets`` and ``logits``."""
+    import torch
+
     class_rows = [i for i, t in enumerate(targets) if t.kind != "neuron"]
     by_class = None
     if class_rows:
