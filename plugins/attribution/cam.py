@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param
 from cnnviz_core import resolve_classes, select_scores
@@ -42,6 +40,9 @@ class CAM(AttributionMethod):
         self.head = self.adapter.cam_head()  # refuses, suggesting Grad-CAM, a head that is not GAP + linear
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
+        import torch
+        import torch.nn.functional as F
+
         layer = self.head.feature_layer
         logits, outputs = self.adapter.logits_and_activations(inputs, [layer])
         features = outputs[layer]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cnnviz_core import hookimpl
 from cnnviz_core.toolkit import GradientCAM
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 
 class GradCAMPlusPlus(GradientCAM):
@@ -14,6 +17,8 @@ class GradCAMPlusPlus(GradientCAM):
     name = "gradcam_plus_plus"
 
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        import torch
+
         # With S = exp(score), higher derivatives are powers of the first one:
         # α = g² / (2 g² + Σ_ab A_ab · g³); positions where that is 0/0 get 0.
         squared = gradients.pow(2)

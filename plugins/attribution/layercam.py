@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cnnviz_core import hookimpl
 from cnnviz_core.toolkit import GradientCAM
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 
 class LayerCAM(GradientCAM):
@@ -14,6 +17,8 @@ class LayerCAM(GradientCAM):
     name = "layercam"
 
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.relu(gradients)
 
 

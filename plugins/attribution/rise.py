@@ -7,8 +7,6 @@ import dataclasses
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, hookimpl, param, resolve_classes, select_scores
 
@@ -44,6 +42,9 @@ class MaskSet:
     def masks(self, start: int, stop: int) -> np.ndarray:
         """Masks start..stop as (n, H, W) in [0, 1]: each grid upsampled
         bilinearly to (s + 1) cells and cropped at its random shift."""
+        import torch
+        import torch.nn.functional as F
+
         height, width = self.size
         s = self.grids.shape[1]
         cell = (math.ceil(height / s), math.ceil(width / s))

@@ -23,12 +23,14 @@ probability itself, with no softmax over channels.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param, resolve_classes, select_scores
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 # A channel whose values spread less than this fraction of its magnitude is
 # constant: float noise (from interpolation, or between runtimes) must not be
@@ -67,6 +69,9 @@ def constant_channels(activations: np.ndarray) -> np.ndarray:
 def normalized_masks(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """s(Up(A)): each (h, w) map upsampled bilinearly to ``size`` and scaled to
     [0, 1] by its own minimum and maximum. (n, h, w) → (n, H, W)."""
+    import torch
+    import torch.nn.functional as F
+
     up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     low = up.amin(dim=(1, 2), keepdim=True)
     spread = up.amax(dim=(1, 2), keepdim=True) - low
@@ -125,6 +130,8 @@ class ScoreCAM(AttributionMethod):
     def channel_weights(self, image: np.ndarray, activations: np.ndarray, cls: int, base: float) -> tuple[np.ndarray, np.ndarray]:
         """One image's weights α (K,) and gains C (K,; NaN where not scored):
         a masked copy per scored, non-constant channel, batched."""
+        import torch
+
         p = self.params
         count = len(activations)
         weights, gains = np.zeros(count), np.full(count, np.nan)
@@ -149,6 +156,9 @@ class ScoreCAM(AttributionMethod):
         return weights, gains
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
+        import torch
+        import torch.nn.functional as F
+
         size = tuple(inputs.shape[-2:])
         logits, outputs = self.adapter.logits_and_activations(inputs, [self.layer])
         activations = self.feature_maps(outputs[self.layer])

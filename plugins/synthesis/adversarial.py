@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
 from cnnviz_core.toolkit import frozen_parameters
@@ -98,6 +97,8 @@ class Adversarial(SynthesisMethod):
         return p.step_size if p.step_size is not None else 2.5 * p.epsilon / p.steps
 
     def synthesize(self, images: np.ndarray, targets) -> Synthesis:
+        import torch
+
         p = self.params
         module = self.adapter.module
         x0 = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.adapter.device)
@@ -135,6 +136,8 @@ class Adversarial(SynthesisMethod):
         return result.images, result.logits, result.history, facts
 
     def _lbfgs(self, logits_of, x0, goal):
+        import torch
+
         p = self.params
         images, logits, history, facts = [], [], [], []
         for i in range(len(x0)):
@@ -148,6 +151,8 @@ class Adversarial(SynthesisMethod):
 
     # -- the result ------------------------------------------------------------
     def _synthesis(self, x0, adversarial, clean, logits, quantized_logits, goal, history, facts) -> Synthesis:
+        import torch
+
         labels = self.adapter.labels
         label = (lambda c: labels[c] if labels is not None and c < len(labels) else None)
         perturbation = (adversarial - x0).cpu().numpy()

@@ -21,9 +21,9 @@ Settings left unset take the mode's default (see :meth:`ClassModel.recipe`).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
 from cnnviz_core.toolkit import frozen_parameters
@@ -32,6 +32,9 @@ from cnnviz_plugins.synthesis.support.image_param import PlainImage, ReadableIma
 from cnnviz_plugins.synthesis.support.image_priors import anisotropic_total_variation
 from cnnviz_plugins.synthesis.support.image_transforms import random_affine
 from cnnviz_plugins.synthesis.support.objectives import forward, layers_needed, objective_values
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 IMAGE_EVERY = 10  # hand the current image to the best-so-far keeper every N steps
 
@@ -138,6 +141,8 @@ class ClassModel(SynthesisMethod):
                          advice="top1 needs an input image; class_model makes one from the target alone (e.g. 9 or ostrich)")
 
     def synthesize(self, images, targets) -> Synthesis:
+        import torch
+
         recipe = self.recipe()
         adapter, device = self.adapter, self.adapter.device
         count, steps = len(targets), self.params.steps
@@ -190,11 +195,13 @@ class ClassModel(SynthesisMethod):
             records=records,
         )
 
-    @torch.no_grad()
     def _evaluate(self, pixels: torch.Tensor, targets, layers) -> tuple[np.ndarray, torch.Tensor]:
         """The targets' values on the untransformed image, and the logits."""
-        logits, outputs = forward(self.adapter, self.to_model(pixels), layers, need_logits=True)
-        return objective_values(targets, logits, outputs).cpu().numpy(), logits
+        import torch
+
+        with torch.no_grad():
+            logits, outputs = forward(self.adapter, self.to_model(pixels), layers, need_logits=True)
+            return objective_values(targets, logits, outputs).cpu().numpy(), logits
 
 
 @hookimpl

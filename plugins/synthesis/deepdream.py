@@ -19,10 +19,9 @@ edges and not whole classes.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from cnnviz_core import (
     TARGET_KINDS, Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param,
@@ -31,6 +30,9 @@ from cnnviz_core import (
 from cnnviz_core.toolkit import frozen_parameters
 
 from cnnviz_plugins.synthesis.support.objectives import forward, layers_needed, objective_values
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 MIN_OCTAVE_SIDE = 16  # pixels: below this the network's mid-level maps vanish
 IMAGE_EVERY = 10
@@ -55,6 +57,8 @@ def octave_sizes(size: tuple[int, int], octaves: int, scale: float) -> list[tupl
 
 
 def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    import torch.nn.functional as F
+
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     shrinking = size[0] < images.shape[-2]
@@ -94,6 +98,8 @@ class DeepDream(SynthesisMethod):
             self._reference.update(self.adapter.layer_shapes(neuron_layers))
 
     def synthesize(self, images, targets) -> Synthesis:
+        import torch
+
         adapter, device = self.adapter, self.adapter.device
         count, steps = len(targets), self.params.steps
         generators = self.generators(count)
@@ -130,6 +136,8 @@ class DeepDream(SynthesisMethod):
 
     def _step(self, image: torch.Tensor, targets, layers, need_logits, generators) -> tuple[torch.Tensor, np.ndarray]:
         """One normalized gradient step on each item's randomly rolled image."""
+        import torch
+
         jitter = self.params.jitter
         shifts = [_roll_shift(g, jitter) for g in generators[: len(image)]]
         rolled = torch.stack([torch.roll(x, s, dims=(1, 2)) for x, s in zip(image, shifts)]).requires_grad_(True)
@@ -141,14 +149,18 @@ class DeepDream(SynthesisMethod):
         image = torch.stack([torch.roll(x, (-s[0], -s[1]), dims=(1, 2)) for x, s in zip(moved, shifts)])
         return image, values.detach().cpu().numpy()
 
-    @torch.no_grad()
     def _evaluate(self, pixels: torch.Tensor, targets, layers) -> tuple[np.ndarray, torch.Tensor]:
         """The objective on the unrolled image at full size, and the logits."""
-        logits, outputs = forward(self.adapter, self.to_model(pixels), layers, need_logits=True)
-        return objective_values(targets, logits, outputs, self._layer, self._reference).cpu().numpy(), logits
+        import torch
+
+        with torch.no_grad():
+            logits, outputs = forward(self.adapter, self.to_model(pixels), layers, need_logits=True)
+            return objective_values(targets, logits, outputs, self._layer, self._reference).cpu().numpy(), logits
 
 
 def _roll_shift(generator: torch.Generator, jitter: int) -> tuple[int, int]:
+    import torch
+
     if jitter == 0:
         return 0, 0
     dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=generator).tolist()

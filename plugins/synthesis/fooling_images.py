@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from cnnviz_core import (
     Capability, CapabilityError, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets,
@@ -137,6 +136,8 @@ class FoolingImages(SynthesisMethod):
     def _ascend(self, classes: np.ndarray):
         """Targeted sign-gradient ascent from uniform noise, unbounded (an
         iterative FGSM whose ball is the whole [0, 1] box)."""
+        import torch
+
         p = self.params
         module, device = self.adapter.module, self.adapter.device
         noise = torch.stack([torch.rand((3, *self.adapter.config.input_size), generator=g, device=device)

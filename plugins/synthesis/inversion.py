@@ -35,15 +35,18 @@ A class target is not used; a neuron target is refused.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cnnviz_core.toolkit import frozen_parameters
 from cnnviz_core import Capability, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
 
 from cnnviz_plugins.synthesis.support.image_priors import alpha_norm, total_variation
 from cnnviz_core.toolkit import LayerFeatures
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 DEFAULT_LR = {"adam": 0.05, "sgd": 0.002}
 MOMENTUM = 0.9  # the paper's momentum
@@ -84,10 +87,14 @@ class Inversion(SynthesisMethod):
         validate_targets(targets, {"class", "top1"}, self.name, advice="inversion reconstructs an image from its features at --layer; it takes no neuron target")
 
     def model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch
+
         # Channels-last, as the adapter feeds its inputs: the faster convolution kernels.
         return self.to_model(pixels).contiguous(memory_format=torch.channels_last)
 
     def synthesize(self, images: np.ndarray, targets) -> Synthesis:
+        import torch
+
         p = self.params
         device = self.adapter.device
         b = len(images)
@@ -146,6 +153,8 @@ class Inversion(SynthesisMethod):
 
     def start(self, b: int, device: str) -> torch.Tensor:
         """Noise around the model's mean colour, drawn per item."""
+        import torch
+
         height, width = self.adapter.config.input_size
         mean = torch.tensor(self.adapter.config.mean, dtype=torch.float32).view(3, 1, 1)
         noise = [torch.randn(3, height, width, generator=g) for g in self.generators(b)]
@@ -153,6 +162,8 @@ class Inversion(SynthesisMethod):
         return x.to(device).requires_grad_(True)
 
     def optimizer(self, x: torch.Tensor) -> torch.optim.Optimizer:
+        import torch
+
         lr = self.params.lr if self.params.lr is not None else DEFAULT_LR[self.params.optimizer]
         if self.params.optimizer == "sgd":
             # The priors are means over pixel positions, so the gradient shrinks

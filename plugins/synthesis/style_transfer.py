@@ -41,9 +41,9 @@ A class target is not used; a neuron target is refused.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cnnviz_core import Capability, InputError, Synthesis, SynthesisMethod, SynthesisParams, hookimpl, param, validate_targets
@@ -51,6 +51,9 @@ from cnnviz_core.toolkit import LayerFeatures, frozen_parameters
 from cnnviz_plugins.synthesis.support.batched_lbfgs import BatchedLBFGS
 from cnnviz_plugins.synthesis.support.image_priors import total_variation
 from cnnviz_plugins.synthesis.support.style_image import checked_style, style_pixels
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.03}
 TV_BETA = 2.0
@@ -97,6 +100,8 @@ class StyleTransfer(SynthesisMethod):
             raise InputError("style_transfer: --style-layers names no layer; give comma-separated layer names")
 
     def setup(self) -> None:
+        import torch
+
         p = self.params
         stages = self.adapter.stage_outputs() if p.style_layers is None else []
         self.content_layer = p.content_layer or self.adapter.mid_level_layer()
@@ -118,10 +123,14 @@ class StyleTransfer(SynthesisMethod):
         validate_targets(targets, {"class", "top1"}, self.name, advice="style_transfer restyles the input image; it takes no neuron target")
 
     def model_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch
+
         # Channels-last, as the adapter feeds its inputs: the faster convolution kernels.
         return self.to_model(pixels).contiguous(memory_format=torch.channels_last)
 
     def synthesize(self, images: np.ndarray, targets) -> Synthesis:
+        import torch
+
         p = self.params
         device = self.adapter.device
         b = len(images)
@@ -173,6 +182,8 @@ class StyleTransfer(SynthesisMethod):
         return solver.point.detach(), first
 
     def adam(self, start, objective, history):
+        import torch
+
         x = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=self.lr())
         with torch.enable_grad():
@@ -200,6 +211,8 @@ class StyleTransfer(SynthesisMethod):
 
     def noise(self, b: int, device: str) -> torch.Tensor:
         """White noise in [0, 1], drawn per item (the paper's other start)."""
+        import torch
+
         height, width = self.adapter.config.input_size
         return torch.stack([torch.rand(3, height, width, generator=g) for g in self.generators(b)]).to(device)
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 
 class OccludedBatch:
@@ -32,11 +34,15 @@ class OccludedBatch:
     not a fresh copy of the image per slot."""
 
     def __init__(self, capacity: int, shape: tuple[int, int, int], device, channels_last: bool):
+        import torch
+
         self.channels_last = channels_last
         self.device = torch.device(device)
         self._allocate(capacity, shape)
 
     def _allocate(self, capacity: int, shape) -> None:
+        import torch
+
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.buffer = torch.empty((capacity, *shape), device=self.device, memory_format=memory_format)
         self._nhwc = self.buffer.permute(0, 2, 3, 1)  # a view: index-puts write into the buffer
@@ -48,6 +54,8 @@ class OccludedBatch:
     def _put(self, slots: np.ndarray, boxes: np.ndarray, source: torch.Tensor) -> None:
         """Copy ``source`` (3, H, W) into each slot inside its box: one
         vectorized index-put when the boxes share a size, else one slice each."""
+        import torch
+
         if not len(slots):
             return
         heights, widths = boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]
@@ -87,6 +95,8 @@ class BatchedOcclusion:
 
     def __init__(self, name: str, forward: Callable[[torch.Tensor], np.ndarray], device="cpu", channels_last: bool = False,
                  capacity: int = 16, shape: tuple[int, int, int] = (3, 1, 1)):
+        import torch
+
         self.name = name
         self._forward = forward
         self._batch = OccludedBatch(capacity, shape, device, channels_last)
@@ -94,11 +104,15 @@ class BatchedOcclusion:
         self.batch_size = capacity  # occluded copies per forward pass
 
     def clean_logits(self, images: torch.Tensor) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             layout = torch.channels_last if self._batch.channels_last else torch.contiguous_format
             return self._forward(images.to(self.device).contiguous(memory_format=layout))
 
     def occluded_logits(self, image: torch.Tensor, boxes, fill: torch.Tensor) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             return self._forward(self._batch.fill(image, boxes, fill))
 
@@ -130,6 +144,8 @@ class IncrementalRunner:
     name = "incremental"
 
     def __init__(self, incremental, full: BatchedOcclusion, device, batch_size: int):
+        import torch
+
         self.incremental = incremental
         self.full = full
         self.device = torch.device(device)
@@ -139,6 +155,8 @@ class IncrementalRunner:
         return self.full.clean_logits(images)
 
     def occluded_logits(self, image: torch.Tensor, boxes, fill: torch.Tensor) -> np.ndarray:
+        import torch
+
         box_list = [tuple(int(v) for v in box) for box in np.asarray(boxes, dtype=np.int64).reshape(-1, 4)]
         with torch.inference_mode():
             logits = self.incremental.occluded_logits(image, box_list, fill, batch_size=self.batch_size)

@@ -5,11 +5,13 @@ copy of the image."""
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from cnnviz_core import InputError
 from cnnviz_core.toolkit import gaussian_blur
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 KEYWORDS = ("mean", "blur")
 
@@ -37,6 +39,8 @@ def parse_baseline(value) -> float | str:
 
 def make_fill(image: torch.Tensor, baseline: float | str, blur_sigma: float) -> torch.Tensor:
     """The (3, H, W) picture a window copies its pixels from."""
+    import torch
+
     if baseline == "mean":
         return image.mean(dim=(1, 2), keepdim=True).expand_as(image).contiguous()
     if baseline == "blur":

@@ -14,9 +14,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, InputError, hookimpl, param
 from cnnviz_core import resolve_classes, select_scores
@@ -25,6 +25,9 @@ from cnnviz_plugins.attribution.occlusion.fill import make_fill, parse_baseline
 from cnnviz_plugins.attribution.occlusion.geometry import WindowGrid, format_pair, parse_pair, spread_to_pixels, window_starts
 from cnnviz_plugins.attribution.occlusion.refine import CoarseToFine
 from cnnviz_plugins.attribution.occlusion.runtime import RuntimeChoice, incremental_class
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 __all__ = ["Occlusion", "OcclusionParams", "cnnviz_methods", "window_starts"]
 
@@ -166,6 +169,8 @@ class Occlusion(AttributionMethod):
     def _work(self, image: np.ndarray, grid: WindowGrid) -> ImageWork:
         """The image's state, shared by identical inputs (a repeated image with
         another target reuses every logit already computed)."""
+        import torch
+
         key = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=20).digest() + repr(image.shape).encode()
         if key in self._memo:
             self._memo.move_to_end(key)

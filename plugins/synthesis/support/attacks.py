@@ -12,13 +12,14 @@ independent: a batch gives each item what it would get alone.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-LogitsOf = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
+
+LogitsOf = Callable[["torch.Tensor"], "torch.Tensor"]  # annotations only: no torch at import
 
 
 @dataclasses.dataclass
@@ -38,10 +39,14 @@ class Goal:
     def objective(self, logits: torch.Tensor) -> torch.Tensor:
         """The target's probability (targeted) or 1 − the original class's
         probability (untargeted): higher is better for the attacker."""
+        import torch
+
         probs = torch.softmax(logits.detach().float(), dim=1).gather(1, self.classes[:, None])[:, 0]
         return torch.where(self.targeted, probs, 1 - probs)
 
     def reached(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         top1 = logits.detach().argmax(dim=1)
         label_ok = torch.where(self.targeted, top1 == self.classes, top1 != self.classes)
         return label_ok & (self.objective(logits) >= self.confidence)
@@ -50,6 +55,9 @@ class Goal:
         """Per-item loss the sign attacks descend: the cross-entropy to the
         target (targeted), or minus the cross-entropy to the original class
         (untargeted: Goodfellow et al.'s ascent on the loss of the true label)."""
+        import torch
+        import torch.nn.functional as F
+
         cross_entropy = F.cross_entropy(logits.float(), self.classes, reduction="none")
         return torch.where(self.targeted, cross_entropy, -cross_entropy)
 
@@ -57,6 +65,9 @@ class Goal:
         """Per-item loss for L-BFGS, bounded below so that the norm penalty
         keeps a say: the cross-entropy to the target (targeted), or
         −log(1 − p(original)), the cross-entropy to "any other class" (untargeted)."""
+        import torch
+        import torch.nn.functional as F
+
         logits = logits.float()
         cross_entropy = F.cross_entropy(logits, self.classes, reduction="none")
         others = logits.scatter(1, self.classes[:, None], float("-inf"))
@@ -93,6 +104,8 @@ def sign_attack(
     an item leaves the batch once its goal is reached (its curve stays flat);
     without it every item takes all steps and ``first_success`` says when it
     first got there. ``on_step(t, images, objective)`` reports progress."""
+    import torch
+
     count = len(start)
     low, high = (start - epsilon).clamp(0, 1), (start + epsilon).clamp(0, 1)
     x = start.detach().clone()
@@ -156,6 +169,8 @@ def lbfgs_attack(
     r = 0, where L-BFGS starts. Returns the answer (the smallest successful r,
     else the r with the highest objective), its logits, the c it came from,
     the objective of the answer after each search, and the iterations used."""
+    import torch
+
     from scipy.optimize import fmin_l_bfgs_b
 
     x0 = image.detach().double().cpu()
@@ -225,4 +240,6 @@ def _better(candidate: dict, best: dict) -> bool:
 
 def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
     """What saving as an 8-bit PNG does to pixels in [0, 1]."""
+    import torch
+
     return torch.round(images.clamp(0, 1) * 255) / 255

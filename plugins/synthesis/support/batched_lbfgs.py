@@ -16,9 +16,10 @@ when its curvature s·y is positive.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 ARMIJO = 1e-4  # sufficient decrease: f(x + s) ≤ f(x) + c·∇f(x)·s
 MAX_HALVINGS = 12
@@ -38,6 +39,8 @@ class BatchedLBFGS:
         memory: int = 10,
         project: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        import torch
+
         self.objective = objective
         self.lr = lr
         self.memory = memory
@@ -60,6 +63,8 @@ class BatchedLBFGS:
         return self.x.reshape(self.shape)
 
     def _evaluate(self, flat: torch.Tensor):
+        import torch
+
         x = flat.reshape(self.shape).detach().requires_grad_(True)
         with torch.enable_grad():
             values, details = self.objective(x)
@@ -67,6 +72,8 @@ class BatchedLBFGS:
         return values.detach(), gradient.reshape(self.b, -1), {key: value.detach() for key, value in details.items()}
 
     def _direction(self) -> torch.Tensor:
+        import torch
+
         items = torch.arange(self.b, device=self.x.device)
         q = self.g.clone()
         alphas = []
@@ -91,6 +98,8 @@ class BatchedLBFGS:
 
     def step(self) -> torch.Tensor:
         """One iteration for every item; returns the objective at the new points."""
+        import torch
+
         direction = self._direction()
         slope = (self.g * direction).sum(dim=1)
         uphill = slope >= 0  # curvature pairs gone stale: restart from steepest descent

@@ -19,8 +19,6 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 class DirectEncoding:
@@ -43,6 +41,9 @@ class SmoothEncoding:
         self.shape = (3, grid, grid)
 
     def render(self, genomes: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
         grids = torch.from_numpy(np.ascontiguousarray(genomes, dtype=np.float32))
         pixels = F.interpolate(grids, size=self.size, mode="bicubic", align_corners=False)
         return pixels.clamp_(0, 1).numpy()

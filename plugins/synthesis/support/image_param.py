@@ -16,8 +16,12 @@ the same images as the items made one at a time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 # Colour decorrelation. Natural images' RGB values are strongly correlated (most
 # variance lies along "brightness"). Let Σ = U Λ Uᵀ be the covariance of ImageNet
@@ -50,6 +54,8 @@ def spectrum_scale(height: int, width: int) -> torch.Tensor:
     frequency the image holds so the DC term stays finite), normalized so that
     a spectrum of independent unit-variance coefficients gives pixels of unit
     variance (the sum of squared amplitudes over the full grid equals H·W)."""
+    import torch
+
     fy = torch.fft.fftfreq(height, dtype=torch.float64)[:, None]
     fx = torch.fft.rfftfreq(width, dtype=torch.float64)[None, :]
     frequency = torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(height, width))
@@ -66,6 +72,8 @@ def spectrum_scale(height: int, width: int) -> torch.Tensor:
 
 def _normal(shape: tuple[int, ...], generators: list[torch.Generator], std: float, device) -> torch.Tensor:
     """One (1, *shape) draw per item from its own generator, stacked."""
+    import torch
+
     draws = [torch.randn(shape, generator=g, dtype=torch.float32) * std for g in generators]
     return torch.stack(draws).to(device)
 
@@ -75,6 +83,8 @@ class PlainImage:
     dataset mean). ``clamp_`` projects it back onto displayable pixels."""
 
     def __init__(self, count: int, size: tuple[int, int], mean, std, device):
+        import torch
+
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
         self.tensor = torch.zeros((count, 3, *size), dtype=torch.float32, device=device, requires_grad=True)
@@ -85,10 +95,12 @@ class PlainImage:
     def pixels(self) -> torch.Tensor:
         return self.tensor * self.std + self.mean
 
-    @torch.no_grad()
     def clamp_(self) -> None:
+        import torch
+
         low, high = (0.0 - self.mean) / self.std, (1.0 - self.mean) / self.std
-        self.tensor.copy_(torch.maximum(torch.minimum(self.tensor, high), low))
+        with torch.no_grad():
+            self.tensor.copy_(torch.maximum(torch.minimum(self.tensor, high), low))
 
 
 class ReadableImage:
@@ -104,6 +116,8 @@ class ReadableImage:
         decorrelate: bool = True,
         init_std: float = 0.01,
     ):
+        import torch
+
         self.size = size
         self.fft = fft
         height, width = size
@@ -117,6 +131,8 @@ class ReadableImage:
         return [self.tensor]
 
     def pixels(self) -> torch.Tensor:
+        import torch
+
         values = self.tensor
         if self.fft:
             spectrum = torch.view_as_complex(values) * self.scale

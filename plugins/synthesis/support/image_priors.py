@@ -19,9 +19,10 @@ Each prior returns one value per item, so items of a batch never interact.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 # B: the paper's typical norm of a mean-subtracted RGB pixel, 80 on a 0-255
 # scale, here on the [0, 1] scale of cnnviz's pixels.
@@ -36,6 +37,8 @@ def alpha_norm(pixels: torch.Tensor, alpha: float, center: Sequence[float]) -> t
     """R_α(x) = 1 / (H·W·B^α) · Σ_v ‖x(v) − m‖^α per item, ‖·‖ the Euclidean norm
     of the pixel's colour vector and m the model's mean colour (the paper's
     images are mean-subtracted). Large α bounds the range of the pixels."""
+    import torch
+
     mean = torch.as_tensor(center, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
     squared = ((pixels - mean) / PIXEL_NORM).pow(2).sum(dim=1)  # (b, H, W)
     return (squared + _EPSILON).pow(alpha / 2).mean(dim=(1, 2))

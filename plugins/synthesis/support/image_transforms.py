@@ -9,9 +9,10 @@ itself are in ``image_priors``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 GREY = 0.5  # what the picture shows where a transform uncovers its border
 
@@ -28,6 +29,9 @@ def random_affine(
     ``rotate`` degrees about the centre; uncovered areas are grey. One bilinear
     resampling per step does all three (the same as Lucid's pad, jitter, scale,
     rotate chain, cropped back to the input's size)."""
+    import torch
+    import torch.nn.functional as F
+
     if jitter == 0 and scales == (1.0, 1.0) and rotate == 0.0:
         return pixels
     count, _, height, width = pixels.shape

@@ -9,10 +9,13 @@ mid-level layer costs that layer's share of the network, not the whole of it."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from cnnviz_core import InputError, Target, TargetError
 from cnnviz_core.toolkit import class_scores, neuron_score, read_layers
+
+if TYPE_CHECKING:  # annotations only; torch loads where a function runs on a model
+    import torch
 
 
 def layers_needed(targets: list[Target], whole_layer: str | None = None) -> set[str]:
@@ -28,6 +31,8 @@ def forward(adapter, inputs: torch.Tensor, layers: set[str], need_logits: bool) 
     """One forward of the (normalized) inputs, keeping the named layers'
     outputs in the autograd graph. Without ``need_logits`` it stops once the
     last of those layers has run and returns no logits."""
+    import torch
+
     modules = {name: adapter.get_layer(name) for name in sorted(layers)}
     x = inputs.contiguous(memory_format=torch.channels_last)  # faster NHWC convolutions, as the adapter feeds
     logits, outputs = read_layers(adapter.module, x, modules, stop_early=not need_logits)
@@ -53,6 +58,8 @@ def objective_values(
     image is smaller than the model's input size (DeepDream's octaves),
     ``reference_shapes`` (the layers' shapes at full size) rescale positions
     to the smaller map."""
+    import torch
+
     values = []
     for i, target in enumerate(targets):
         if target.kind == "class":
