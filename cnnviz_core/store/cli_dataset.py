@@ -40,7 +40,9 @@ def parse_dataset_run(argv: list[str], parser_class) -> argparse.Namespace | Non
     parser.add_argument("--target", metavar="T", help="class index, label name or top1 (default), for every image")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored map precision (default: float32)")
     parser.add_argument("--chunk-size", type=int, default=128, help="images per chunk, the unit of work and of resuming (default: 128)")
-    parser.add_argument("--backend", choices=("local",), default="local", help="local: one worker process per device (default)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: one worker process per device (default); ray: one Ray actor per CPU slot or GPU (pip install 'cnnviz[ray]')")
+    parser.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
     parser.add_argument("--devices", default="cpu", help="cpu (default), cuda:0,cuda:1 or all: one worker per device")
     parser.add_argument("--workers", type=int, help="CPU worker processes with --devices cpu (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="start a new store where one with other settings is")
@@ -66,7 +68,7 @@ def cmd_dataset_run(args) -> int:
         raise InputError("--weights goes with a timm:NAME model")
     results = run_dataset(params, args.model, args.dataset, out=args.out, target=args.target, dtype=args.dtype,
                           chunk_size=args.chunk_size, backend=args.backend, devices=args.devices,
-                          workers=args.workers, overwrite=args.overwrite,
+                          workers=args.workers, overwrite=args.overwrite, ray_address=args.ray_address,
                           model_options={"weights": args.weights} if args.weights else None)
     summary = results.summary
     print(f"{'+'.join(args.method)}: {summary.get('ok', 0)} images explained, {summary.get('skipped', 0)} skipped, "

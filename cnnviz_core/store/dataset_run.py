@@ -33,6 +33,7 @@ def run_dataset(
     workers: int | None = None,
     overwrite: bool = False,
     model_options: dict[str, Any] | None = None,
+    ray_address: str | None = None,
 ):
     """Run attribution ``methods`` (names, or a dict name -> parameters) on
     every item of ``dataset`` (a folder with class subfolders, a list file, a
@@ -44,7 +45,9 @@ def run_dataset(
 
     ``devices``: ``cpu`` (default, with ``workers`` processes), ``cuda:0,cuda:1``
     or ``all``; one worker process per device. With one worker the run stays
-    in this process."""
+    in this process. ``backend="ray"``: one Ray actor per CPU slot (or GPU,
+    with ``devices`` other than cpu) of the cluster at ``ray_address`` (None:
+    a local cluster), ``workers`` actors at most."""
     from ..api import check_capabilities, load_model, placed
     from ..registry import get_registry
     from ..scheduler import Scheduler
@@ -52,8 +55,8 @@ def run_dataset(
     from .chunk_work import ChunkWorker
     from .reader import open_results
 
-    if backend != "local":
-        raise InputError(f"unknown backend {backend!r}; this version has the 'local' backend")
+    if backend not in ("local", "ray"):
+        raise InputError(f"unknown backend {backend!r}: local (default) or ray")
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if int(chunk_size) < 1 or (batch_size is not None and int(batch_size) < 1):
@@ -73,9 +76,9 @@ def run_dataset(
         check_capabilities(cls, adapter)
     checked = [(cls, cls.make_params(**(chosen[cls.name] or {}))) for cls in classes]
     source = Dataset.from_spec(dataset)
-    placement = local_backend.worker_devices(devices, workers)
-    if not source.reiterable and len(placement) > 1:
-        raise InputError("a one-shot iterator is read by one process; give a folder, list file, glob or list for several workers")
+    placement = local_backend.worker_devices(devices, workers) if backend == "local" else ["ray"]
+    if not source.reiterable and (len(placement) > 1 or backend == "ray"):
+        raise InputError("a one-shot iterator is read by one process; give a folder, list file, glob or list for several workers or Ray")
     probe = [cls(adapter, params, None) for cls, params in checked]
     batch = int(batch_size or min(m.batch_size() for m in probe))
     key = run_key(adapter, probe, target, source, dtype, int(chunk_size), batch)
@@ -84,9 +87,17 @@ def run_dataset(
             "length": source.length, "map_shape": list(adapter.config.input_size)}
     _prepare_store(out, key, plan, [c.name for c in classes], source, overwrite)
     done = layout.done_chunks(out)
+    nodes: list[str] = []
     if source.length is not None:
         pending = [c for c in range(-(-source.length // plan["chunk_size"])) if c not in done]
-        if len(placement) == 1:
+        if backend == "ray":
+            if pending:
+                from . import ray_backend
+
+                setup = {"model": local_backend.model_blob(adapter if not isinstance(model, (str, os.PathLike)) else model, options),
+                         "methods": checked, "source": source, "out": os.path.abspath(out), "plan": plan}
+                nodes = ray_backend.run_chunks(pending, setup, ray_address, workers, use_gpus=(devices or "cpu") != "cpu")
+        elif len(placement) == 1:
             scheduler = Scheduler(device=placement[0], progress=False, prefer=adapter.device)
             with placed(adapter, scheduler) as scheduler:
                 worker = ChunkWorker(adapter, [cls(adapter, params, scheduler) for cls, params in checked], source, out, plan)
@@ -98,7 +109,7 @@ def run_dataset(
             local_backend.run_chunks(pending, placement, setup, lambda chunk, counts: None)
     else:
         _run_stream(adapter, checked, source, out, plan, placement[0])
-    return _finish(out, [c.name for c in classes], open_results)
+    return _finish(out, [c.name for c in classes], open_results, {"backend": backend, "nodes": nodes})
 
 
 def _run_stream(adapter, checked, source: Dataset, out: str, plan: dict, device: str) -> None:
@@ -164,7 +175,7 @@ def _prepare_store(out: str, key: dict, plan: dict, names: list[str], source: Da
                                                          "class_names": source.class_names, "complete": False})
 
 
-def _finish(out: str, names: list[str], open_results):
+def _finish(out: str, names: list[str], open_results, execution: dict[str, Any]):
     chunks = sorted(layout.done_chunks(out))
     layout.merge_index(out, chunks, layout.columns(names))
     counts = {"ok": 0, "skipped": 0, "error": 0}
@@ -172,6 +183,6 @@ def _finish(out: str, names: list[str], open_results):
         for row in layout.read_chunk_index(out, chunk):
             counts[row["status"]] = counts.get(row["status"], 0) + 1
     record = read_record(out)
-    record.update({"complete": True, "summary": counts})
+    record.update({"complete": True, "summary": counts, "execution": execution})  # how this last session ran
     atomic.write_json(os.path.join(out, layout.RECORD), record)
     return open_results(out)

@@ -78,11 +78,16 @@ def run_chunks(chunks: list[int], devices: list[str], setup: dict[str, Any], on_
 
 
 def _start_worker(queue, setup: dict[str, Any], threads: int) -> None:
+    _WORKER["worker"] = build_worker(setup, queue.get(), threads)
+
+
+def build_worker(setup: dict[str, Any], device: str, threads: int):
+    """A ChunkWorker in this process with its own model replica on ``device``
+    (shared by the local and the Ray backend)."""
     from ..api import load_model
     from ..scheduler import Scheduler
     from .chunk_work import ChunkWorker
 
-    device = queue.get()
     try:
         import torch
 
@@ -94,7 +99,7 @@ def _start_worker(queue, setup: dict[str, Any], threads: int) -> None:
     adapter.to(device)  # this process's replica only
     scheduler = Scheduler(device=device, progress=False)
     methods = [cls(adapter, params, scheduler) for cls, params in setup["methods"]]
-    _WORKER["worker"] = ChunkWorker(adapter, methods, setup["source"], setup["out"], setup["plan"])
+    return ChunkWorker(adapter, methods, setup["source"], setup["out"], setup["plan"])
 
 
 def _run_chunk(chunk: int) -> dict[str, int]:
