@@ -102,6 +102,8 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
                             help="continue an interrupted pass from its checkpoint in --out (default: yes)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a different run of the method already saved in --out (default: refuse, naming what differs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (also: CNNVIZ_PROGRESS=0)")
     names: dict[str, list[str]] = {}
     seen: set[str] = set()
@@ -196,50 +198,88 @@ def cmd_run(args) -> int:
         return _run_analyses(args, adapter, scheduler, params)
     if kind == "synthesis":
         return _run_synthesis(args, adapter, scheduler, params[args.method])
-    out = args.out
-    # Everything is checked before the first file is written; each batch's
-    # files are written (atomically) as soon as the batch finishes.
+    return _run_attribution(args, adapter, scheduler, classes[0], params[args.method])
+
+
+def _run_attribution(args, adapter, scheduler, method_class, params) -> int:
+    import dataclasses
+
+    from .results import AttributionResult
+    from .targets import parse_targets
+
+    out, overwrite = args.out, args.overwrite
+    # The inputs' names and targets as the run will see them: a clash with
+    # another run saved in --out is refused before any work.
+    _, names = adapter.prepare(args.image)
+    targets = parse_targets(args.target, len(names), adapter.num_classes, adapter.labels)
+    plan = AttributionResult.plan(out, args.method, adapter.describe(), dataclasses.asdict(method_class.make_params(**params)),
+                                  names, targets, adapter.labels).check(overwrite)
     written: list[str] = []
-    result = api.run(args.method, adapter, args.image, args.target, scheduler=scheduler,
-                     on_batch=lambda part, offset: written.extend(part.save_items(out)), **params[args.method])
-    written = result.save(out, items=False, already_written=written)
-    print(f"{args.method}: wrote {len(written)} files to {out}")
-    for i, name in enumerate(result.names):
-        print(f"  {name}: explained {result.label(i)} (score {float(result.scores[i]):.4g})")
+
+    def save_batch(part, offset: int) -> None:
+        # each batch's files are written (atomically) as soon as the batch finishes
+        plan.claim()
+        written.extend(part.save_items(out))
+
+    result = api.run(args.method, adapter, args.image, args.target, scheduler=scheduler, on_batch=save_batch, **params)
+    written = result.save(out, items=False, already_written=written, overwrite=overwrite)
+    plan.finish(written)
+    _print_result(args.method, written, out, result)
     return 0
 
 
+def _print_result(method: str, written: list[str], out: str, result) -> None:
+    """Where the files went, then the result's own summary, a line per item."""
+    print(f"{method}: wrote {len(written)} files to {out}")
+    for line in result.summary_lines():
+        print(f"  {line}")
+
+
 def _run_synthesis(args, adapter, scheduler, params) -> int:
+    import dataclasses
+
+    from .output_records import item_stem
+    from .results_synthesis import SynthesisResult
     from .synthesis_inputs import synthesis_items
 
     method_class = get_registry().method(args.method)
     instance = api._instance(method_class, adapter, params, None, scheduler)
     pixels, targets, names = synthesis_items(instance, adapter, getattr(args, "image", None), args.target)
-    out = args.out
+    out, overwrite = args.out, args.overwrite
+    plan = SynthesisResult.plan(out, args.method, adapter.describe(), dataclasses.asdict(instance.params), names, targets,
+                                adapter.labels).check(overwrite)
+    best: dict[int, str] = {}
 
     def keep_best(index: int, image, objective: float, step: int) -> None:
         # the best image so far, rewritten atomically while the run goes: an
         # interrupted run keeps it
+        plan.claim()
         os.makedirs(out, exist_ok=True)
-        atomic.write_bytes(os.path.join(out, f"{names[index]}.{args.method}.best.png"), render.png_bytes(render.image_to_uint8(image)))
+        best[index] = os.path.join(out, f"{item_stem(names[index], args.method, targets[index], adapter.labels)}.best.png")
+        atomic.write_bytes(best[index], render.png_bytes(render.image_to_uint8(image)))
 
     result = instance.run(pixels, targets, names, keep_best=keep_best)
-    written = result.save(out)
-    print(f"{args.method}: wrote {len(written)} files to {out}")
-    for i, name in enumerate(result.names):
-        final = {k: float(v[i][-1]) for k, v in result.history.items() if v.shape[-1]}
-        facts = ", ".join(f"{k} {v:.4g}" for k, v in final.items())
-        print(f"  {name}: {result.targets[i].describe(adapter.labels)} -> {result.label(i)}; {facts}")
+    written = result.save(out, overwrite=overwrite, already_written=sorted(set(best.values())))
+    plan.finish(written)
+    _print_result(args.method, written, out, result)
     return 0
 
 
 def _run_analyses(args, adapter, scheduler, params) -> int:
-    results = api.analyze(params, adapter, getattr(args, "dataset", None), scheduler=scheduler, out=args.out, resume=args.resume)
+    import dataclasses
+
+    from .results_analysis import AnalysisResult
+
+    dataset = getattr(args, "dataset", None)
+    for name, values in params.items():  # a clash with another run saved in --out is refused before the pass
+        method_class = get_registry().method(name)
+        described = os.fspath(dataset) if dataset is not None and method_class.uses_dataset else None
+        AnalysisResult.plan(args.out, name, adapter.describe(), dataclasses.asdict(method_class.make_params(**values)),
+                            described).check(args.overwrite)
+    results = api.analyze(params, adapter, dataset, scheduler=scheduler, out=args.out, resume=args.resume)
     for name, result in results.items():
-        written = result.save(args.out)
-        scalars = {k: v for k, v in result.facts.items() if isinstance(v, (int, float, str, bool))}
-        summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(scalars.items())[:6])
-        print(f"{name}: wrote {len(written)} files to {args.out}" + (f"; {summary}" if summary else ""))
+        written = result.save(args.out, overwrite=args.overwrite)
+        _print_result(name, written, args.out, result)
         skipped = result.metadata.get("skipped") or []
         if skipped:
             print(f"  skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]['item']}: {skipped[0]['error']}")

@@ -29,7 +29,7 @@ KINDS = ("attribution", "synthesis", "analysis")
 # arguments of cnnviz_core.run; a method parameter may not take these names.
 RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method", "dataset",
                              "resume", "help", "command", "param_names", "progress", "inputs", "scheduler",
-                             "on_batch", "keep_best",
+                             "on_batch", "keep_best", "overwrite",
                              "normalized", "mean", "std", "input_size", "interpolation"})
 
 

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import atomic, render
+from . import atomic, render, result_text
+from .output_records import OutputPlan, RunIdentity, item_stem, run_stem
 from .targets import Target
 
 
@@ -38,6 +39,7 @@ class AttributionResult:
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     display: np.ndarray | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    saved_to: str | None = dataclasses.field(default=None, compare=False)  # the record's path, once saved
 
     kind = "attribution"
 
@@ -48,6 +50,18 @@ class AttributionResult:
         if self.labels is not None and cls < len(self.labels):
             return f"{cls} {self.labels[cls]}"
         return str(cls)
+
+    # -- in words ----------------------------------------------------------
+    def summary_lines(self) -> list[str]:
+        """One line per input: the class (or neuron) explained and its score."""
+        return [f"{name}: explained {self.label(i)} (score {float(self.scores[i]):.4g})" for i, name in enumerate(self.names)]
+
+    def __repr__(self) -> str:
+        title = f"{self.method} on {result_text.model_name(self.model)}, {len(self.names)} input(s)"
+        arrays = f"maps {result_text.shape(self.maps)}; images {result_text.shape(self.images)}"
+        if self.extras:
+            arrays += f"; extras {result_text.brief(list(self.extras))}"
+        return result_text.compose(type(self).__name__, title, [arrays], self.summary_lines(), self.saved_to)
 
     # -- rendering ---------------------------------------------------------
     def renderings(self, index: int) -> dict[str, np.ndarray]:
@@ -82,11 +96,30 @@ class AttributionResult:
         return "\n".join(parts)
 
     # -- saving ------------------------------------------------------------
+    def item_stem(self, index: int) -> str:
+        """``{input}.{method}``, then the target when it is not the default top-1."""
+        return item_stem(self.names[index], self.method, self.targets[index], self.labels)
+
+    def run_stem(self) -> str:
+        return run_stem(self.method, self.names, self.targets, self.labels)
+
+    @classmethod
+    def plan(cls, folder, method: str, model: dict, params: dict, names: Sequence[str], targets: Sequence[Target],
+             labels: Sequence[str] | None) -> OutputPlan:
+        """What a run will write in ``folder``, for the clash check made before any work."""
+        stem = run_stem(method, names, targets, labels)
+        items = [f"{item_stem(n, method, t, labels)}.map.npy" for n, t in zip(names, targets)]
+        identity = RunIdentity.of(method, model, params, names, [t.describe(labels) for t in targets])
+        return OutputPlan(folder, f"{stem}.json", [*items, f"{stem}.maps.npy"], identity)
+
+    def output_plan(self, folder) -> OutputPlan:
+        return self.plan(folder, self.method, self.model, self.params, self.names, self.targets, self.labels)
+
     def save_items(self, folder: str | os.PathLike, offset: int = 0) -> list[str]:
         """Write each input's PNGs and raw map; used as batches finish."""
         written = []
-        for i, name in enumerate(self.names):
-            stem = os.path.join(folder, f"{name}.{self.method}")
+        for i in range(len(self.names)):
+            stem = os.path.join(folder, self.item_stem(i))
             for suffix, picture in self.renderings(i).items():
                 atomic.write_bytes(f"{stem}.{suffix}.png", render.png_bytes(picture))
                 written.append(f"{stem}.{suffix}.png")
@@ -94,24 +127,33 @@ class AttributionResult:
             written.append(f"{stem}.map.npy")
         return written
 
-    def save(self, folder: str | os.PathLike, items: bool = True, already_written: list[str] | None = None) -> list[str]:
+    def save(self, folder: str | os.PathLike, items: bool = True, already_written: list[str] | None = None,
+             overwrite: bool = False) -> list[str]:
         """Write PNG renderings, the raw arrays (.npy) and a JSON record.
         Every file is written atomically. ``items=False`` skips the per-input
         files when they were written as batches finished (listed in
-        ``already_written`` so the record names them)."""
+        ``already_written`` so the record names them). A different run whose
+        files these would replace (same method, input and target; other
+        model, parameters or inputs) is refused with InputError before
+        anything is written, unless ``overwrite`` (that run is then removed)."""
+        plan = self.output_plan(folder).check(overwrite)
         os.makedirs(folder, exist_ok=True)
+        plan.claim()
         written = list(already_written or [])
         if items:
             written += self.save_items(folder)
         arrays = {"maps": self.maps, "classes": self.classes, "scores": self.scores, **self.extras}
         if self.images is not None:
             arrays["images"] = self.images
+        stem = self.run_stem()
         for key, array in arrays.items():
-            path = os.path.join(folder, f"{self.method}.{key}.npy")
+            path = os.path.join(folder, f"{stem}.{key}.npy")
             atomic.write_npy(path, array)
             written.append(path)
-        record_path = os.path.join(folder, f"{self.method}.json")
+        record_path = os.path.join(folder, f"{stem}.json")
         atomic.write_json(record_path, self.record(written))
+        plan.finish(written + [record_path])
+        self.saved_to = record_path
         return written + [record_path]
 
     def record(self, files: list[str] | None = None) -> dict[str, Any]:

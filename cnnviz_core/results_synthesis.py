@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import atomic, render
+from . import atomic, render, result_text
+from .output_records import OutputPlan, RunIdentity, item_stem, run_stem
 from .targets import Target
 
 
@@ -42,6 +43,7 @@ class SynthesisResult:
     inputs: np.ndarray | None = None
     higher_is_better: bool = True
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    saved_to: str | None = dataclasses.field(default=None, compare=False)  # the record's path, once saved
 
     kind = "synthesis"
 
@@ -49,9 +51,46 @@ class SynthesisResult:
         if self.classes is None:
             return self.targets[index].describe(self.labels)
         cls = int(self.classes[index])
-        name = self.labels[cls] if self.labels is not None and 0 <= cls < len(self.labels) else str(cls)
+        name = f" {self.labels[cls]}" if self.labels is not None and 0 <= cls < len(self.labels) else ""
         probability = f" (p={float(self.scores[index]):.3f})" if self.scores is not None else ""
-        return f"{cls} {name}{probability}"
+        return f"{cls}{name}{probability}"
+
+    # -- in words ----------------------------------------------------------
+    def summary_lines(self) -> list[str]:
+        """One line per item: what it was made for and what it reached — the
+        classes and confidences before and after with the perturbation's
+        norms (attacks), the class and confidence reached, or the
+        objective from start to end."""
+        return [self._summary(i) for i in range(len(self.names))]
+
+    def _summary(self, index: int) -> str:
+        record = self.records[index] if index < len(self.records) else {}
+        facts = []
+        if "class_before" in record and "class_after" in record:
+            before, after = (f"{record[f'class_{w}']} {record.get(f'label_{w}') or ''} (p={float(record[f'confidence_{w}']):.3f})"
+                             for w in ("before", "after"))
+            facts.append(f"{before} -> {after}".replace("  ", " "))
+            if "success" in record:
+                facts.append("goal reached" if record["success"] else "goal not reached")
+            if "l2" in record and "linf" in record:
+                facts.append(f"L2 {result_text.number(record['l2'])}, Linf {result_text.number(record['linf'])}")
+        else:
+            if self.classes is not None:
+                facts.append(f"top-1 {self.label(index)}")
+            if "confidence" in record:
+                facts.append(f"target confidence {float(record['confidence']):.3f}")
+            ends = result_text.start_end(record, self.history, index)
+            if ends is not None:
+                direction = "higher" if self.higher_is_better else "lower"
+                facts.append(f"objective {result_text.number(ends[0])} -> {result_text.number(ends[1])} ({direction} is better)")
+        return f"{self.names[index]}, target {self.targets[index].describe(self.labels)}: " + "; ".join(facts)
+
+    def __repr__(self) -> str:
+        title = f"{self.method} on {result_text.model_name(self.model)}, {len(self.names)} item(s)"
+        arrays = f"images {result_text.shape(self.images)}; history {result_text.brief(list(self.history))}"
+        if self.pictures:
+            arrays += f"; pictures {result_text.brief(list(self.pictures))}"
+        return result_text.compose(type(self).__name__, title, [arrays], self.summary_lines(), self.saved_to)
 
     # -- rendering ---------------------------------------------------------
     def renderings(self, index: int) -> dict[str, np.ndarray]:
@@ -87,16 +126,42 @@ class SynthesisResult:
         return "\n".join(parts)
 
     # -- saving ------------------------------------------------------------
-    def save(self, folder: str | os.PathLike) -> list[str]:
-        """Per item ``{name}.{method}.png`` (and ``.{picture}.png``); the raw
-        arrays as ``{method}.{array}.npy``; the history chart and a JSON
-        record. Every file is written atomically."""
+    def item_stem(self, index: int) -> str:
+        """``{name}.{method}``, then the target when it is not the default
+        (and the name does not already say it)."""
+        return item_stem(self.names[index], self.method, self.targets[index], self.labels)
+
+    def run_stem(self) -> str:
+        return run_stem(self.method, self.names, self.targets, self.labels)
+
+    @classmethod
+    def plan(cls, folder, method: str, model: dict, params: dict, names: Sequence[str], targets: Sequence[Target],
+             labels: Sequence[str] | None) -> OutputPlan:
+        """What a run will write in ``folder``, for the clash check made before any work."""
+        stem = run_stem(method, names, targets, labels)
+        items = [f"{item_stem(n, method, t, labels)}.png" for n, t in zip(names, targets)]
+        identity = RunIdentity.of(method, model, params, names, [t.describe(labels) for t in targets])
+        return OutputPlan(folder, f"{stem}.json", [*items, f"{stem}.images.npy"], identity)
+
+    def output_plan(self, folder) -> OutputPlan:
+        return self.plan(folder, self.method, self.model, self.params, self.names, self.targets, self.labels)
+
+    def save(self, folder: str | os.PathLike, overwrite: bool = False, already_written: list[str] | None = None) -> list[str]:
+        """Per item ``{stem}.png`` (and ``.{picture}.png``); the raw arrays as
+        ``{run stem}.{array}.npy``; the history chart and a JSON record. Every
+        file is written atomically. A different run whose files these would
+        replace is refused with InputError before anything is written,
+        unless ``overwrite``. ``already_written``: files the run wrote itself
+        (the best image so far), for the record."""
+        plan = self.output_plan(folder).check(overwrite)
         os.makedirs(folder, exist_ok=True)
-        written = []
-        for i, name in enumerate(self.names):
+        plan.claim()
+        written = list(already_written or [])
+        for i in range(len(self.names)):
+            stem = self.item_stem(i)
             for key, picture in self.renderings(i).items():
                 suffix = "" if key == "image" else f".{key}"
-                path = os.path.join(folder, f"{name}.{self.method}{suffix}.png")
+                path = os.path.join(folder, f"{stem}{suffix}.png")
                 atomic.write_bytes(path, render.png_bytes(picture))
                 written.append(path)
         arrays: dict[str, np.ndarray] = {"images": self.images, **{f"history.{k}": v for k, v in self.history.items()},
@@ -105,16 +170,19 @@ class SynthesisResult:
             arrays["classes"] = self.classes
         if self.scores is not None:
             arrays["scores"] = self.scores
+        stem = self.run_stem()
         for key, array in arrays.items():
-            path = os.path.join(folder, f"{self.method}.{key}.npy")
+            path = os.path.join(folder, f"{stem}.{key}.npy")
             atomic.write_npy(path, array)
             written.append(path)
         if any(v.shape[-1] > 1 for v in self.history.values()):
-            path = os.path.join(folder, f"{self.method}.history.png")
+            path = os.path.join(folder, f"{stem}.history.png")
             atomic.write_bytes(path, render.png_bytes(self.history_plot()))
             written.append(path)
-        record_path = os.path.join(folder, f"{self.method}.json")
+        record_path = os.path.join(folder, f"{stem}.json")
         atomic.write_json(record_path, self.record(written))
+        plan.finish(written + [record_path])
+        self.saved_to = record_path
         return written + [record_path]
 
     def record(self, files: list[str] | None = None) -> dict[str, Any]:

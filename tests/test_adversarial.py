@@ -150,10 +150,11 @@ def test_saved_record_carries_the_facts(lite96, photos, tmp_path):
     result = cnnviz_core.run("adversarial", lite96, [photos["chelsea"]], target=OSTRICH, attack="fgsm")
     files = result.save(tmp_path)
     names = {f.split("/")[-1] for f in files}
-    assert {"chelsea.adversarial.png", "chelsea.adversarial.perturbation.png", "chelsea.adversarial.input.png", "adversarial.json"} <= names
+    stem = "adversarial.class9_ostrich"  # file names carry the target
+    assert {f"chelsea.{stem}.png", f"chelsea.{stem}.perturbation.png", f"chelsea.{stem}.input.png", f"{stem}.json"} <= names
     import json
 
-    item = json.loads((tmp_path / "adversarial.json").read_text())["items"][0]
+    item = json.loads((tmp_path / f"{stem}.json").read_text())["items"][0]
     for key in ("success", "survives_8bit", "l2", "linf", "class_before", "confidence_before", "class_after", "confidence_after", "amplification"):
         assert key in item
     assert item["linf"] == pytest.approx(EPSILON, abs=1e-6)
@@ -167,6 +168,6 @@ def test_cli_runs_an_attack_with_boolean_flags(capsys, photos, tmp_path):
     assert code == 0, capsys.readouterr().err
     import json
 
-    record = json.loads((tmp_path / "adversarial.json").read_text())
+    record = json.loads((tmp_path / "adversarial.class9_ostrich.json").read_text())  # file names carry the target
     assert record["params"]["early_stop"] is False and record["items"][0]["steps"] == 2
-    assert (tmp_path / "coffee.adversarial.perturbation.png").exists()
+    assert (tmp_path / "coffee.adversarial.class9_ostrich.perturbation.png").exists()

@@ -201,12 +201,13 @@ def test_cli_runs_cam_on_onnx(capsys, photos, lite0_onnx, tmp_path):
     code = main(["run", "cam", "--model", lite0_onnx, "--image", photos["chelsea"], "--target", "Egyptian cat",
                  "--out", str(out), "--quiet"])
     assert code == 0
-    record = json.loads((out / "cam.json").read_text())
+    stem = "cam.class285_Egyptian_cat"  # file names carry the target
+    record = json.loads((out / f"{stem}.json").read_text())
     assert record["method"] == "cam" and record["model"]["adapter"] == "onnx"
     assert record["explained"][0]["class"] == 285
-    assert {"cam.maps.npy", "cam.layer_map.npy", "chelsea.cam.heatmap.png", "chelsea.cam.overlay.png"} <= set(output_files(out))
-    assert np.load(out / "cam.maps.npy").shape == (1, 224, 224)
-    assert np.load(out / "cam.layer_map.npy").shape == (1, 7, 7)
+    assert {f"{stem}.maps.npy", f"{stem}.layer_map.npy", f"chelsea.{stem}.heatmap.png", f"chelsea.{stem}.overlay.png"} <= set(output_files(out))
+    assert np.load(out / f"{stem}.maps.npy").shape == (1, 224, 224)
+    assert np.load(out / f"{stem}.layer_map.npy").shape == (1, 7, 7)
 
 
 def test_cli_refusal_is_one_line_and_writes_nothing(capsys, tmp_path):

@@ -534,10 +534,10 @@ def test_cli_rectangular_window_and_blur_baseline(lite0, photos, tmp_path, capsy
     code = main(["run", "occlusion", "--model", "efficientnet_lite0", "--image", photos["chelsea"], "--out", str(out),
                  "--window", "16x24", "--stride", "104x100", "--baseline", "blur", "--target", "Egyptian cat", "--quiet"])
     assert code == 0, capsys.readouterr().err
-    record = json.loads((out / "occlusion.json").read_text())
+    record = json.loads((out / "occlusion.class285_Egyptian_cat.json").read_text())  # file names carry the target
     assert record["params"]["window"] == "16x24" and record["params"]["baseline"] == "blur"
     assert record["metadata"]["windows"]["grid"] == [3, 3] and record["metadata"]["runtime"]["backend"]
-    assert np.load(out / "occlusion.grid.npy").shape == (1, 3, 3)
+    assert np.load(out / "occlusion.class285_Egyptian_cat.grid.npy").shape == (1, 3, 3)
     code = main(["run", "occlusion", "--model", "efficientnet_lite0", "--image", photos["chelsea"], "--out", str(out),
                  "--window", "16by24"])
     assert code == 2 and "HxW" in capsys.readouterr().err

@@ -145,21 +145,22 @@ def test_cli_runs_the_plugin_on_the_pretrained_model(plugin_site, tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert f"explained {EGYPTIAN_CAT} Egyptian cat" in completed.stdout
 
-    with Image.open(out / f"chelsea.{METHOD}.overlay.png") as overlay:
+    stem = f"{METHOD}.class{EGYPTIAN_CAT}_Egyptian_cat"  # file names carry the target
+    with Image.open(out / f"chelsea.{stem}.overlay.png") as overlay:
         assert overlay.size == (224, 224)
     for suffix in ("heatmap", "gradient"):
-        assert (out / f"chelsea.{METHOD}.{suffix}.png").is_file()
-    maps = np.load(out / f"{METHOD}.maps.npy")
-    images = np.load(out / f"{METHOD}.images.npy")
+        assert (out / f"chelsea.{stem}.{suffix}.png").is_file()
+    maps = np.load(out / f"{stem}.maps.npy")
+    images = np.load(out / f"{stem}.images.npy")
     assert maps.shape == (1, 224, 224) and maps.dtype == np.float32
     assert images.shape == (1, 3, 224, 224)
-    np.testing.assert_array_equal(np.load(out / f"chelsea.{METHOD}.map.npy"), maps[0])
+    np.testing.assert_array_equal(np.load(out / f"chelsea.{stem}.map.npy"), maps[0])
     # --absolute: the map sums |x * grad| over channels; the image stays signed.
     np.testing.assert_allclose(maps, np.abs(images).sum(axis=1), rtol=1e-5, atol=1e-9)
     assert maps.min() >= 0 and maps.max() > 0 and (images < 0).any()
-    assert np.load(out / f"{METHOD}.classes.npy").tolist() == [EGYPTIAN_CAT]
+    assert np.load(out / f"{stem}.classes.npy").tolist() == [EGYPTIAN_CAT]
 
-    record = json.loads((out / f"{METHOD}.json").read_text())
+    record = json.loads((out / f"{stem}.json").read_text())
     assert record["method"] == METHOD and record["kind"] == "attribution"
     assert record["params"] == {"batch_size": None, "score": "logit", "absolute": True}
     assert record["model"]["name"] == "efficientnet_lite0"
@@ -167,8 +168,8 @@ def test_cli_runs_the_plugin_on_the_pretrained_model(plugin_site, tmp_path):
     assert record["explained"][0]["class"] == EGYPTIAN_CAT
     assert record["arrays"] == {"maps": [1, 224, 224], "images": [1, 3, 224, 224]}
     assert sorted(os.listdir(out)) == sorted(  # these files and nothing else (no temporaries left)
-        [f"chelsea.{METHOD}.{s}.png" for s in ("heatmap", "overlay", "gradient")] + [f"chelsea.{METHOD}.map.npy"]
-        + [f"{METHOD}.{a}.npy" for a in ("maps", "images", "classes", "scores")] + [f"{METHOD}.json"]
+        [f"chelsea.{stem}.{s}.png" for s in ("heatmap", "overlay", "gradient")] + [f"chelsea.{stem}.map.npy"]
+        + [f"{stem}.{a}.npy" for a in ("maps", "images", "classes", "scores")] + [f"{stem}.json"]
     )
 
 
@@ -310,9 +311,9 @@ def test_cli_runs_hirescam_and_it_equals_gradcam_where_the_gradient_is_constant(
     completed = cli(hirescam_site, "run", "hirescam", "--model", "efficientnet_lite0", "--image", photos["cat_on_grey"],
                     "--target", "Egyptian cat", "--out", str(out), "--quiet", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
-    maps = np.load(out / "hirescam.maps.npy")
+    maps = np.load(out / "hirescam.class285_Egyptian_cat.maps.npy")  # file names carry the target
     assert maps.shape == (1, 224, 224) and maps.min() >= 0 and in_box(maps[0])
-    assert json.loads((out / "hirescam.json").read_text())["params"]["layer"] is None  # the default layer
+    assert json.loads((out / "hirescam.class285_Egyptian_cat.json").read_text())["params"]["layer"] is None  # the default layer
 
     gradcam = cnnviz_core.run("gradcam", lite0, [photos["cat_on_grey"]], target="Egyptian cat")
     np.testing.assert_allclose(maps, gradcam.maps, rtol=1e-4, atol=1e-6 * float(gradcam.maps.max()))
