@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import resource
@@ -15,6 +16,23 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cnnviz_adapters.torch_adapter import TorchAdapter  # noqa: E402
+
+
+class DyingAdapter(TorchAdapter):
+    """A TorchAdapter whose replica kills its worker process on start (a crashed worker)."""
+
+    def to(self, device):
+        if multiprocessing.parent_process() is not None:
+            os._exit(9)
+        return super().to(device)
+
+
+def dying_copy(adapter: TorchAdapter) -> DyingAdapter:
+    dying = DyingAdapter.__new__(DyingAdapter)
+    dying.__dict__.update(adapter.__dict__)
+    return dying
 
 
 def slow_run(adapter_path: str, dataset: str, out: str, chunk: str) -> None:
@@ -37,7 +55,6 @@ def slow_run(adapter_path: str, dataset: str, out: str, chunk: str) -> None:
 def rss(dataset: str, out: str) -> None:
     import torch
 
-    from cnnviz_adapters.torch_adapter import TorchAdapter
     from cnnviz_core import run_dataset
     from digits import CLASS_NAMES, DIGITS_CONFIG, DigitsNet
 

@@ -103,6 +103,18 @@ def test_two_workers_write_the_same_store_as_one(digits, digits_folder, referenc
     assert next(trained_digits_net().parameters()).device.type == "cpu"  # the user's model stayed where it was
 
 
+def test_a_crashed_worker_stops_the_run_with_advice_and_a_rerun_continues(digits, digits_folder, reference, tmp_path):
+    from dataset_run_child import dying_copy
+
+    out = tmp_path / "crashed"
+    with pytest.raises(cnnviz_core.CnnvizError, match="worker process died.*run the same command again"):
+        run_dataset(METHODS, dying_copy(digits), digits_folder, out=out, chunk_size=8, batch_size=4, workers=2)
+    assert not open_results(out).complete
+    resumed = run_dataset(METHODS, digits, digits_folder, out=out, chunk_size=8, batch_size=4)
+    assert resumed.rows == reference.rows
+    assert np.array_equal(stored(resumed, "gradcam"), stored(reference, "gradcam"))
+
+
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_store(digits, digits_folder, reference, tmp_path):
     pickled = tmp_path / "adapter.pkl"
     pickled.write_bytes(pickle.dumps(digits))

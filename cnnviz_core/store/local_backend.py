@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
-from ..errors import InputError
+from ..errors import CnnvizError, InputError
 
 _WORKER: dict[str, Any] = {}
 
@@ -71,6 +72,11 @@ def run_chunks(chunks: list[int], devices: list[str], setup: dict[str, Any], on_
         try:
             for future in as_completed(futures):
                 on_done(futures[future], future.result())
+        except BrokenProcessPool as error:  # a worker was killed (out of memory, kill -9): its chunk is not marked done
+            for future in futures:
+                future.cancel()
+            raise CnnvizError(f"a worker process died ({error}); run the same command again to continue from the "
+                              "finished chunks") from None
         except BaseException:
             for future in futures:
                 future.cancel()
