@@ -204,13 +204,14 @@ def cmd_run(args) -> int:
 def _run_attribution(args, adapter, scheduler, method_class, params) -> int:
     import dataclasses
 
+    from .images import source_name, unique_names
     from .results import AttributionResult
     from .targets import parse_targets
 
     out, overwrite = args.out, args.overwrite
     # The inputs' names and targets as the run will see them: a clash with
     # another run saved in --out is refused before any work.
-    _, names = adapter.prepare(args.image)
+    names = unique_names([source_name(path) for path in args.image])
     targets = parse_targets(args.target, len(names), adapter.num_classes, adapter.labels)
     plan = AttributionResult.plan(out, args.method, adapter.describe(), dataclasses.asdict(method_class.make_params(**params)),
                                   names, targets, adapter.labels).check(overwrite)

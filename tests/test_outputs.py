@@ -218,6 +218,12 @@ def test_cli_summary_of_fooling_images_has_the_confidence_reached(capsys, small_
     item = records(tmp_path)["fooling_images.json"]["items"][0]
     line = _line(stdout, "class1")
     assert f"top-1 {item['class']} (p={item['probability']:.3f})" in line and f"target confidence {item['confidence']:.3f}" in line
+    # another setting is refused before the evolution starts: not even the best-so-far image is rewritten
+    before = snapshot(tmp_path)
+    code, _, stderr = run_cli(capsys, "run", "fooling_images", "--model", small_onnx_path, "--target", "1",
+                              "--generations", "4", "--population", "8", "--out", tmp_path, "--quiet")
+    assert code == 2 and "fooling_images.json" in stderr and "generations 3 -> 4" in stderr
+    assert snapshot(tmp_path) == before and "class1.fooling_images.best.png" in before
 
 
 @pytest.mark.parametrize("method, flags", [
@@ -268,6 +274,10 @@ def test_cli_summary_of_analyses_has_their_numbers(capsys, small_onnx_path, labe
     filters = saved["filters.json"]["facts"]
     assert f"layer {filters['layer']}, {filters['filters_shown']} filters shown" in stdout
     assert "over 16 images" in stdout
+    before = snapshot(out)
+    code, _, stderr = run_cli(capsys, "run", "filters", "--model", small_onnx_path, "--normalize", "symmetric", "--out", out)
+    assert code == 2 and "filters.json" in stderr and "normalize 'minmax' -> 'symmetric'" in stderr
+    assert snapshot(out) == before
 
 
 # -- results in a few lines ----------------------------------------------------------------------------
