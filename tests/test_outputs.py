@@ -52,37 +52,50 @@ def assert_whole_runs(folder) -> None:
 # -- the umask -----------------------------------------------------------------------------------------
 UMASK_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    os.umask(int(sys.argv[2], 8))  # before cnnviz is imported, as a shell's umask would be
+    os.umask(0o022)  # before cnnviz is imported, as a shell's umask would be
     import numpy as np
     import cnnviz_core
     from cnnviz_core import atomic
-    sys.path.insert(0, os.path.join(sys.argv[3], "tests"))
+    sys.path.insert(0, os.path.join(sys.argv[2], "tests"))
     from conftest import small_torch_adapter
 
-    out = sys.argv[1]
     model = small_torch_adapter()
     pixels = np.random.default_rng(0).random((1, 3, 32, 32)).astype(np.float32)
-    written = cnnviz_core.run("saliency", model, pixels * 4 - 2).save(os.path.join(out, "attribution"))
-    written += cnnviz_core.run("adversarial", model, pixels, attack="fgsm").save(os.path.join(out, "synthesis"))
-    written += cnnviz_core.run("filters", model).save(os.path.join(out, "analysis"))
-    atomic.publish_together([(os.path.join(out, "pair", "a.bin"), lambda p: open(p, "wb").write(b"a")),
-                             (os.path.join(out, "pair", "b.bin"), lambda p: open(p, "wb").write(b"b"))])
-    written += [os.path.join(out, "pair", "a.bin"), os.path.join(out, "pair", "b.bin")]
-    print(json.dumps({"umask_after": oct(os.umask(0)), "modes": {p: oct(os.stat(p).st_mode & 0o777) for p in written}}))
+    modes = {}
+    for umask in ("022", "077"):  # the second one set after import: the umask in force when writing counts
+        os.umask(int(umask, 8))
+        out = os.path.join(sys.argv[1], umask)
+        written = cnnviz_core.run("saliency", model, pixels * 4 - 2).save(os.path.join(out, "attribution"))
+        written += cnnviz_core.run("adversarial", model, pixels, attack="fgsm").save(os.path.join(out, "synthesis"))
+        written += cnnviz_core.run("filters", model).save(os.path.join(out, "analysis"))
+        atomic.publish_together([(os.path.join(out, "pair", "a.bin"), lambda p: open(p, "wb").write(b"a")),
+                                 (os.path.join(out, "pair", "b.bin"), lambda p: open(p, "wb").write(b"b"))])
+        written += [os.path.join(out, "pair", "a.bin"), os.path.join(out, "pair", "b.bin")]
+        modes[umask] = {p: oct(os.stat(p).st_mode & 0o777) for p in written}
+    print(json.dumps({"umask_after": oct(os.umask(0)), "modes": modes}))
 """)
 
 
-@pytest.mark.parametrize("umask, mode", [("022", 0o644), ("077", 0o600), ("002", 0o664)])
-def test_written_files_take_the_users_umask(tmp_path, umask, mode):
-    completed = subprocess.run([sys.executable, "-c", UMASK_SCRIPT, str(tmp_path), umask, ROOT],
+def test_written_files_take_the_users_umask(tmp_path):
+    completed = subprocess.run([sys.executable, "-c", UMASK_SCRIPT, str(tmp_path), ROOT],
                                capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr
     facts = json.loads(completed.stdout.strip().splitlines()[-1])
-    modes = facts["modes"]
-    suffixes = {os.path.splitext(p)[1] for p in modes}
-    assert {".png", ".npy", ".json", ".bin"} <= suffixes
-    assert set(modes.values()) == {oct(mode)}, modes
-    assert facts["umask_after"] == oct(int(umask, 8))  # reading the umask left it as it was
+    for umask, mode in (("022", 0o644), ("077", 0o600)):
+        modes = facts["modes"][umask]
+        assert {".png", ".npy", ".json", ".bin"} <= {os.path.splitext(p)[1] for p in modes}
+        assert set(modes.values()) == {oct(mode)}, modes
+    assert facts["umask_after"] == oct(0o077)  # reading the umask left it as it was
+
+
+def test_the_umask_read_by_setting_it_agrees_with_proc_and_is_put_back():
+    from cnnviz_core import atomic
+
+    if atomic._umask_from_proc() is None:
+        pytest.skip("no Umask line in /proc/self/status here")
+    before = atomic._umask_from_proc()
+    assert atomic._umask_by_setting() == before  # the fallback where /proc cannot tell
+    assert atomic._umask_from_proc() == before and atomic.file_mode() == 0o666 & ~before
 
 
 # -- names and clashes through the API ---------------------------------------------------------------------
