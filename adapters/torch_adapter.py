@@ -47,6 +47,7 @@ class TorchAdapter(ModelAdapter):
             raise ModelLoadError(f"expected a torch.nn.Module, got {type(module).__name__}")
         self.module = module  # before the base __init__, which sets device through the property below
         super().__init__(name or type(module).__name__, config or PreprocessConfig(), labels)
+        self.input_size_known = config is not None
         self._num_classes: int | None = None
         self._default_layer: str | None = None
 
@@ -99,6 +100,8 @@ class TorchAdapter(ModelAdapter):
         except ValueError as error:
             raise InputError(f"bad preprocessing option: {error}") from None
         adapter = cls(module, name, config, labels)
+        # a bare module's 224 x 224 is a default for resizing pixels, not a size it requires
+        adapter.input_size_known = not isinstance(spec, nn.Module) or "input_size" in config_options
         if device is not None:
             adapter.to(device)
         return adapter

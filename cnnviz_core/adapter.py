@@ -65,6 +65,11 @@ class ModelEntry:
 class ModelAdapter(abc.ABC):
     kind: ClassVar[str] = ""
     capabilities: frozenset[Capability] = frozenset()
+    # Whether config.input_size is the model's own (timm's pretrained config, a
+    # sidecar, the graph, the user's option) rather than a default guess for a
+    # module that takes any size: only then is a normalized batch of another
+    # size refused.
+    input_size_known: bool = True
 
     def __init__(self, name: str, config: PreprocessConfig, labels: Sequence[str] | None = None):
         self.name = name
@@ -168,7 +173,7 @@ class ModelAdapter(abc.ABC):
         """Paths, ``skimage:NAME``, PIL images or arrays → normalized batch and
         input names (see :func:`cnnviz_core.images.prepare_inputs` for how
         arrays are taken and what ``normalized`` declares)."""
-        batch, names = images.prepare_inputs(inputs, self.config, normalized)
+        batch, names = images.prepare_inputs(inputs, self.config, normalized, self.input_size_known)
         return batch, names
 
     # -- activations ---------------------------------------------------------

@@ -87,7 +87,8 @@ def denormalize(inputs: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return np.clip(inputs * std + mean, 0.0, 1.0).astype(np.float32)
 
 
-def prepare_inputs(inputs, config: PreprocessConfig, normalized: bool | None = None) -> tuple[NormalizedBatch, list[str]]:
+def prepare_inputs(inputs, config: PreprocessConfig, normalized: bool | None = None,
+                   size_known: bool = True) -> tuple[NormalizedBatch, list[str]]:
     """Any image input → the model's normalized float32 batch (tagged as a
     :class:`NormalizedBatch`) and a name per input (file stem, sample name
     or ``inputN``).
@@ -99,7 +100,9 @@ def prepare_inputs(inputs, config: PreprocessConfig, normalized: bool | None = N
     normalized already unless ``normalized=False`` says it is pixels (it
     gets a MethodWarning when it looks like [0, 1] pixels and nothing was
     declared); ``normalized=True`` declares it. A normalized batch is never
-    resized: one of the wrong size is refused, naming the size needed."""
+    resized: one of the wrong size is refused, naming the size needed —
+    where the size is the model's own (``size_known``), not a default guess
+    for a bare module that takes any size."""
     found = pixel_arrays.as_array(inputs)
     if found is None:
         if normalized not in (None, False):
@@ -112,7 +115,7 @@ def prepare_inputs(inputs, config: PreprocessConfig, normalized: bool | None = N
     if taken == "pixels":
         pixels, names = pixel_inputs(inputs, config)
         return NormalizedBatch.tag(normalize(pixels, config), config), names
-    batch = checked_normalized(array, config)  # refused before any warning
+    batch = checked_normalized(array, config, size_known)  # refused before any warning
     if taken == "model" and pixel_arrays.looks_like_unit_pixels(batch, config):
         warnings.warn(
             f"the float input holds values in [0, 1] and was taken as already normalized, but it looks like raw "
@@ -123,7 +126,7 @@ def prepare_inputs(inputs, config: PreprocessConfig, normalized: bool | None = N
     return NormalizedBatch.tag(batch, config), [f"input{i}" for i in range(len(batch))]
 
 
-def checked_normalized(array: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+def checked_normalized(array: np.ndarray, config: PreprocessConfig, size_known: bool = True) -> np.ndarray:
     """A normalized batch, checked: (B, 3, H, W) floats, finite, at the
     model's input size, made for this model's normalization."""
     made_for = getattr(array, "config", None)
@@ -140,7 +143,7 @@ def checked_normalized(array: np.ndarray, config: PreprocessConfig) -> np.ndarra
     if not np.isfinite(array).all():
         raise InputError("the input contains NaN or infinite values")
     height, width = config.input_size
-    if tuple(array.shape[-2:]) != (height, width):
+    if size_known and tuple(array.shape[-2:]) != (height, width):
         raise InputError(
             f"the model takes {height}x{width} inputs, but this normalized batch is {array.shape[-2]}x{array.shape[-1]} "
             "and only raw pixels are resized: give the images as pixels (files, uint8 arrays, or floats in [0, 1] "
