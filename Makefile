@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.cnnviz-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test chromium bench clean
 
 install: $(STAMP)
 
@@ -24,9 +24,23 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/cnnviz demo --out demo_out
+	@echo
+	@echo "Open demo_out/index.html in a browser: file://$(CURDIR)/demo_out/index.html"
+	@echo "Then try, after 'source $(VENV)/bin/activate':"
+	@echo "  cnnviz methods                                   # every method and what it needs"
+	@echo "  cnnviz run gradcam --model efficientnet_lite0 --image skimage:chelsea --out out/"
+	@echo "  cnnviz run tsne --model efficientnet_lite0 --dataset demo_out/dataset --out out/"
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# tests/test_demo_page.py drives Debian's Chromium through Playwright (no
+# browser download): installed here when missing and we are root, as CI is on a
+# fresh Debian machine; anyone else is told how.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
+	  else echo "the browser test needs Chromium: run 'make test' as root, or 'sudo apt-get install chromium'"; fi; }
 
 # Benchmark-only packages (Captum, pytorch-grad-cam) go into .venv here, never
 # into the project's dependencies.

@@ -1,42 +1,86 @@
-"""``cnnviz demo``: every registered method that applies, on scikit-image's
-photographs, with the built-in model and with its ONNX copy; one HTML page
-shows the results side by side.
+"""``cnnviz demo``: every registered method, on scikit-image's photographs,
+with the built-in model or its ONNX copy (the methods that need no gradients
+run on the ONNX copy); one HTML page (``index.html``) shows the results with a
+line on how to read each.
 
 Attribution methods explain the top-1 class of two photographs; synthesis
 methods make their images (from the first photograph where they need one);
-analyses run over one streaming pass of a dozen photographs."""
+analyses stream one dataset: random crops of scikit-image's photographs,
+labelled by the photograph they come from (``dataset/PHOTO/…``).
+
+The quick attribution methods run first and the page is rewritten (atomically)
+after every method, so the first pictures are there within seconds; it
+reloads itself until the demo is done. Each method runs with its class's
+``demo_params`` and, where it has one, its ``demo_settings(adapter)`` (settings
+that depend on the model, such as a layer)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
-from typing import Any
+import types
+import warnings
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from . import api, atomic, images as imaging
+from . import api, atomic, demo_text, images as imaging
 from .errors import CnnvizError, InputError
+from .progress import progress_default
 from .registry import get_registry
 from .scheduler import Scheduler
 
 SAMPLES = ("chelsea", "coffee")
-# The analyses' dataset: every colour or grey photograph scikit-image bundles.
+# The analyses' dataset: crops of every colour or grey photograph scikit-image bundles.
 DATASET_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field",
                    "colorwheel", "retina", "camera", "coins", "moon", "page", "text", "logo")
+CROPS_PER_PHOTO = 24  # 14 photos x 24 = 336 crops: enough for t-SNE clusters, seconds to stream
+CROP_SIDE = 224  # pixels of each crop as written (the model's input size)
+CROP_FRACTION = (0.3, 0.65)  # a crop's side, as a fraction of its photo's shorter side
+# Analyses that run the model several times per image take every Nth crop,
+# unlabelled: pruning runs it once per sparsity (and the crops' labels, their
+# photographs, are no classes of the model, so only agreement is measured).
+DATASET_EVERY = {"pruning": 6}
+KINDS = ("attribution", "synthesis", "analysis")
+RUNTIMES = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
+
+# Seconds each method takes in the demo on an idle 2-core CPU (measured with
+# the demo's settings): the plan runs quick methods first, and the overall
+# estimate scales these by the speed observed so far. Unknown methods: DEFAULT_COST.
+DEMO_COST = {
+    "saliency": 1.0, "gradcam": 1.0, "cam": 1.0, "guided_backprop": 1.0, "deconvnet": 1.5, "neuron_gradient": 1.5,
+    "guided_gradcam": 1.5, "gradcam_plus_plus": 1.5, "layercam": 1.5, "smoothgrad": 3.0, "occlusion": 4.0,
+    "integrated_gradients": 8.0, "rise": 6.0, "score_cam": 6.0,
+    "adversarial": 3.0, "inversion": 6.0, "style_transfer": 8.0, "deepdream": 8.0, "fooling_images": 12.0,
+    "class_model": 20.0,
+    "filters": 1.0, "top_patches": 6.0, "tsne": 8.0, "pruning": 15.0,
+}
+DEFAULT_COST = 5.0
+EXPORT_COST = 6.0  # the ONNX export, before the first ONNX run
+
+
+@dataclasses.dataclass
+class Picture:
+    path: str  # relative to the page
+    caption: str
 
 
 @dataclasses.dataclass
 class DemoRun:
-    """One method on one model: where its files went and what it showed."""
+    """One method on one model: its pictures (rows of captioned files), facts,
+    the warnings it gave, and how long it took."""
 
     method: str
     kind: str
-    model: str
+    model: str  # "torch" or "onnx"
     seconds: float = 0.0
-    files: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # row name -> image files
+    cpu_seconds: float = 0.0
+    rows: dict[str, list[Picture]] = dataclasses.field(default_factory=dict)  # row title -> pictures
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
 
 
@@ -53,102 +97,292 @@ def _uint8(array: np.ndarray) -> np.ndarray:
 
 
 def demo_plan(adapters: dict[str, Any], only: list[str] | None = None) -> list[tuple[str, str]]:
-    """(method, model label) for every registered method that runs on each model."""
+    """(method, model label) for every registered method, each once: on the
+    last model it runs on (the ONNX copy when the method needs no gradients:
+    that is what shows it working on a model that cannot be differentiated,
+    and it is the faster runtime), in the order the demo runs them: by kind
+    (attribution first), then by model, quick methods first."""
     registry = get_registry()
     unknown = sorted(set(only or ()) - set(registry.methods))
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(unknown)}; see `cnnviz methods`")
     plan = []
-    for label, adapter in adapters.items():
-        for name, method_class in registry.methods.items():
-            if (only is None or name in only) and not api.missing_capabilities(method_class, adapter):
-                plan.append((name, label))
-    return plan
+    for name, method_class in registry.methods.items():
+        runs_on = [label for label, adapter in adapters.items() if not api.missing_capabilities(method_class, adapter)]
+        if (only is None or name in only) and runs_on:
+            plan.append((name, runs_on[-1]))
+    labels = list(adapters)
+
+    def order(entry):
+        name, label = entry
+        kind = registry.method(name).kind
+        return (KINDS.index(kind) if kind in KINDS else len(KINDS), labels.index(label), DEMO_COST.get(name, DEFAULT_COST), name)
+
+    return sorted(plan, key=order)
+
+
+class DemoProgress:
+    """"method k of N" lines on stderr with the runtime and one overall
+    estimate: the measured costs of the runs left, scaled by the speed
+    observed so far. In a terminal the running method shows on a live line."""
+
+    def __init__(self, plan: list[tuple[str, str]], enabled: bool, stream=None):
+        self.plan, self.enabled = plan, enabled
+        self.stream = stream or sys.stderr
+        self.costs = [DEMO_COST.get(name, DEFAULT_COST) for name, _ in plan]
+        self.start = time.perf_counter()
+        self.done_cost = 0.0
+        self.live = enabled and _is_terminal(self.stream)
+
+    def estimate(self, position: int) -> float:
+        """Seconds left after ``position`` runs are done."""
+        spent = time.perf_counter() - self.start
+        speed = min(max(spent / self.done_cost, 0.25), 8.0) if self.done_cost > 0 else 1.0
+        return sum(self.costs[position:]) * speed
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(("\r\033[K" if self.live else "") + text + "\n")
+            self.stream.flush()
+
+    def starting(self, position: int) -> None:
+        if self.live:
+            name, label = self.plan[position]
+            self.stream.write(f"\r\033[Kmethod {position + 1} of {len(self.plan)}: {name} on {RUNTIMES.get(label, label)} ...")
+            self.stream.flush()
+
+    def finished(self, position: int, run: DemoRun) -> None:
+        self.done_cost += self.costs[position]
+        outcome = f"failed: {run.error}" if run.error else f"{run.seconds:.1f} s"
+        left = self.estimate(position + 1)
+        tail = f"; about {_duration(left)} left" if position + 1 < len(self.plan) else ""
+        self.say(f"method {position + 1} of {len(self.plan)}: {run.method} on {RUNTIMES.get(run.model, run.model)}, {outcome}{tail}")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
 def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto", only: list[str] | None = None,
              onnx: bool = True, progress: bool | None = None) -> str:
-    scheduler = Scheduler(device=device, progress=progress)
+    """Run the demo into ``out``; returns the page's path. The page is
+    rewritten after every method; failures are listed on it and raised at
+    the end as one CnnvizError."""
+    from .demo_page import demo_page
+
+    show = progress_default(progress)
+    # the per-method bars would name internal steps: the demo reports per method instead
+    scheduler = Scheduler(device=device, progress=False)
     adapter = api.load_model(model)
     adapter.to(scheduler.device_name)
-    adapters = {"torch": adapter}
+    planned: dict[str, Any] = {"torch": adapter}
     if onnx and adapter.kind != "onnx":
-        from cnnviz_adapters.onnx_export import export_onnx
+        from cnnviz_adapters.onnx_adapter import OnnxAdapter
 
-        os.makedirs(out, exist_ok=True)
-        path = export_onnx(adapter, os.path.join(out, f"{adapter.name.replace(':', '_')}.onnx"))
-        adapters["onnx"] = api.load_model(path)
-    plan = demo_plan(adapters, only)
+        planned["onnx"] = types.SimpleNamespace(capabilities=OnnxAdapter.capabilities)  # exported when first needed
+    plan = demo_plan(planned, only)
+    adapters: dict[str, Any] = {"torch": adapter}
     photos = sample_images()
     names = list(photos)
     inputs, _ = adapter.prepare(list(photos.values()))
-    dataset = _write_dataset(os.path.join(out, "dataset")) if any(
-        get_registry().method(m).kind == "analysis" for m, _ in plan) else None
-    runs = []
-    for method_name, label in plan:
-        folder = os.path.join(out, label)
-        started = time.perf_counter()
-        run = DemoRun(method_name, get_registry().method(method_name).kind, label)
-        try:
-            _run_one(run, adapters[label], scheduler, inputs, names, dataset, folder)
-        except CnnvizError as error:
-            run.error = str(error)
-        run.seconds = time.perf_counter() - started
-        runs.append(run)
+    os.makedirs(out, exist_ok=True)
     for name, photo in zip(names, adapter.display_images(inputs)):
         atomic.write_bytes(os.path.join(out, f"{name}.input.png"), _png(photo))
+    logits = adapter.logits(inputs)
     index = os.path.join(out, "index.html")
-    from .demo_page import demo_page
+    runs: list[DemoRun] = []
 
-    atomic.write_text(index, demo_page(adapter, names, adapter.logits(inputs), runs))
+    def write_page(done: bool) -> None:
+        pending = [] if done else plan[len(runs):]
+        atomic.write_text(index, demo_page(adapter, names, logits, runs, pending, done))
+
+    reporter = DemoProgress(plan, show)
+    reporter.say(f"cnnviz demo: {len(plan)} runs ({len({m for m, _ in plan})} methods) on {adapter.name}; about "
+                 f"{_duration(sum(reporter.costs) + (EXPORT_COST if 'onnx' in planned else 0))} on an idle 2-core CPU. "
+                 f"The page fills in as methods finish: {index}")
+    write_page(False)
+    dataset = None
+    for position, (method_name, label) in enumerate(plan):
+        reporter.starting(position)
+        if label not in adapters:
+            adapters[label] = _export(adapter, out, reporter)
+        if dataset is None and get_registry().method(method_name).kind == "analysis":
+            dataset = _write_dataset(os.path.join(out, "dataset"))
+        run = DemoRun(method_name, get_registry().method(method_name).kind, label)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                _run_one(run, adapters[label], scheduler, inputs, names, os.path.join(out, "dataset"), out)
+            except CnnvizError as error:
+                run.error = str(error)
+        run.notes = list(dict.fromkeys(str(w.message) for w in caught))
+        run.seconds, run.cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        runs.append(run)
+        reporter.finished(position, run)
+        write_page(position + 1 == len(plan))
+    if not plan:
+        write_page(True)
+    atomic.write_json(os.path.join(out, "timings.json"), {
+        "runs": [{"method": r.method, "model": r.model, "seconds": round(r.seconds, 3), "cpu_seconds": round(r.cpu_seconds, 3)}
+                 for r in runs],
+        "total_seconds": round(time.perf_counter() - reporter.start, 3), "cpu_count": os.cpu_count()})
+    reporter.say(f"cnnviz demo: done in {_duration(time.perf_counter() - reporter.start)}")
     failed = [r for r in runs if r.error]
     if failed:
         raise CnnvizError(f"demo: {len(failed)} run(s) failed: " + "; ".join(f"{r.method} ({r.model}): {r.error}" for r in failed))
     return index
 
 
-def _run_one(run: DemoRun, adapter, scheduler, inputs, names, dataset, folder) -> None:
+def _export(adapter, out: str, reporter: DemoProgress):
+    from cnnviz_adapters.onnx_export import export_onnx
+
+    reporter.say("exporting the model to ONNX for the methods that run on it ...")
+    path = export_onnx(adapter, os.path.join(out, f"{adapter.name.replace(':', '_')}.onnx"))
+    return api.load_model(path)
+
+
+def demo_params(method_class, adapter) -> dict[str, Any]:
+    """The method's demo settings for this model: its ``demo_params``, then
+    what its optional classmethod ``demo_settings(adapter)`` returns (settings
+    that depend on the model, such as a layer)."""
+    settings = getattr(method_class, "demo_settings", None)
+    return {**method_class.demo_params, **(settings(adapter) if settings is not None else {})}
+
+
+def _run_one(run: DemoRun, adapter, scheduler, inputs, names, dataset, out) -> None:
     method_class = get_registry().method(run.method)
-    relative = lambda path: os.path.join(run.model, os.path.basename(path))  # noqa: E731 - page links are relative to out
+    folder = os.path.join(out, run.model)
+    params = demo_params(method_class, adapter)
+    page_path: Callable[[str], str] = lambda path: f"{run.model}/{os.path.basename(path)}"  # noqa: E731 - relative to the page
     if run.kind == "attribution":
         target = method_class.demo_target(adapter, inputs)
-        result = api.run(run.method, adapter, inputs, target, scheduler=scheduler, **method_class.demo_params)
+        result = api.run(run.method, adapter, inputs, target, scheduler=scheduler, **params)
         result.names = names
-        result.save(folder)
+        written = result.save(folder, overwrite=True)  # the demo rebuilds its folder: a rerun replaces the last one
         for i, name in enumerate(names):
-            # gradient methods show the paper's RGB gradient image beside the heatmap overlay
-            run.files[name] = [relative(f"{name}.{run.method}.{kind}.png") for kind in result.renderings(i) if kind != "heatmap"]
+            row = [Picture(page_path(_rendering(written, name, run.method, kind)), caption)
+                   for kind, caption in (("overlay", "over the photo"), ("heatmap", "values"), ("gradient", "gradient image"))
+                   if kind in result.renderings(i)]
+            unit = _unit_pictures(adapter, result, i, folder)
+            if unit:  # a unit's gradient is shown where the unit looks, as Zeiler & Fergus show theirs
+                row = [Picture(page_path(p), c) for p, c in unit] + row[2:]
+            run.rows[f"{name}: {'explains' if result.classes[i] >= 0 else 'unit'} {result.label(i)}"] = row
+        # what the method reports per image (integrated gradients: its completeness error)
+        run.facts = {k: v for k, v in result.metadata.items() if isinstance(v, (int, float, str))
+                     or (isinstance(v, list) and len(v) <= len(names) and all(isinstance(x, (int, float)) for x in v))}
     elif run.kind == "synthesis":
         start = imaging.denormalize(inputs[:1], adapter.config) if method_class.needs_image else None
         target = method_class.demo_target(adapter, None if start is None else inputs[:1])
         if target is None and start is None:  # a method that makes images of classes: the first photo's class
             target = [int(np.argmax(adapter.logits(inputs[:1])))]
-        result = api.run(run.method, adapter, start, target, scheduler=scheduler, **method_class.demo_params)
+        result = api.run(run.method, adapter, start, target, scheduler=scheduler, **params)
         if start is not None:
             result.names = names[:1]
-        written = result.save(folder)
+        written = result.save(folder, overwrite=True)
         for i, name in enumerate(result.names):
-            run.files[name] = [relative(f) for f in written if os.path.basename(f).startswith(f"{name}.{run.method}") and f.endswith(".png")]
-            run.facts[name] = result.label(i)
-        history = [relative(f) for f in written if f.endswith(".history.png")]
-        if history:
-            run.files["history"] = history
+            keys = list(result.renderings(i))
+            # the starting picture first, then the result, then the rest
+            keys.sort(key=lambda k: {"input": 0, "content": 0, "style": 1, "image": 2}.get(k, 3))
+            run.rows[name] = [Picture(page_path(_synthesis_file(written, name, run.method, key, keys)),
+                                      demo_text.synthesis_caption(result, i, key)) for key in keys]
+        history = [f for f in written if f.endswith(".history.png")]
+        if history and run.rows:  # the chart beside the last item's pictures
+            run.rows[list(run.rows)[-1]].append(Picture(page_path(history[0]), "the objective at each step"))
     else:
-        result = api.run(run.method, adapter, dataset, scheduler=scheduler, **method_class.demo_params)
-        written = result.save(folder)
-        run.files["pictures"] = [relative(f) for f in written if f.endswith(".png")][:8]
-        run.facts = {k: v for k, v in result.facts.items() if isinstance(v, (int, float, str, bool))}
+        every = DATASET_EVERY.get(run.method)
+        if every:
+            dataset = sorted(os.path.join(root, f) for root, _, files in os.walk(dataset) for f in files)[::every]
+        result = api.run(run.method, adapter, dataset, scheduler=scheduler, **params)
+        written = result.save(folder, overwrite=True)
+        keys = sorted(result.pictures, key=lambda k: (k != "overview", k))[:3]  # an overview first, two more
+        run.rows[""] = [Picture(page_path(_analysis_file(written, run.method, key)),
+                                demo_text.analysis_caption(run.method, key, result.facts)) for key in keys]
+        run.facts = dict(result.facts)
+
+
+def _rendering(written: list[str], name: str, method: str, kind: str) -> str:
+    return next(f for f in written if os.path.basename(f).startswith(f"{name}.{method}.") and f.endswith(f".{kind}.png"))
+
+
+def _synthesis_file(written: list[str], name: str, method: str, key: str, keys: list[str]) -> str:
+    """An item's picture among the written files: ``{stem}.{key}.png``, the
+    result itself ``{stem}.png``."""
+    mine = [f for f in written if os.path.basename(f).startswith(f"{name}.{method}") and f.endswith(".png")
+            and not f.endswith(".history.png")]
+    if key != "image":
+        return next(f for f in mine if f.endswith(f".{key}.png"))
+    return next(f for f in mine if not any(f.endswith(f".{k}.png") for k in keys if k != "image"))
+
+
+def _analysis_file(written: list[str], method: str, key: str) -> str:
+    return next(f for f in written if os.path.basename(f) == f"{method}.{key}.png")
+
+
+UNIT_ZOOM = 160  # pixels of the enlarged receptive-field crops
+
+
+def _unit_pictures(adapter, result, index: int, folder: str) -> list[tuple[str, str]]:
+    """For a target that is one unit (layer:channel@y,x) of a gradient
+    method: the unit's receptive field in the photo and the gradient image
+    cropped to it, both enlarged; written beside the result's files."""
+    from . import render
+
+    target = result.targets[index] if index < len(result.targets) else None
+    if result.images is None or target is None or target.kind != "neuron" or target.position is None:
+        return []
+    box = adapter.receptive_field(target.layer).boxes(np.array(target.position[0]), np.array(target.position[1]))
+    y0, y1, x0, x1 = (int(v) for v in box)
+    if y1 <= y0 or x1 <= x0:
+        return []
+
+    def enlarged(rgb: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(rgb).resize((UNIT_ZOOM, UNIT_ZOOM), Image.Resampling.NEAREST))
+
+    stem = os.path.join(folder, f"{result.names[index]}.{result.method}.unit")
+    patch = enlarged(render.image_to_uint8(result.display[index][:, y0:y1, x0:x1]))
+    reconstruction = enlarged(render.gradient_image(result.images[index][:, y0:y1, x0:x1]))
+    atomic.write_bytes(f"{stem}_field.png", render.png_bytes(patch))
+    atomic.write_bytes(f"{stem}_gradient.png", render.png_bytes(reconstruction))
+    where = f"{target.layer} channel {target.channel} at {target.position[0]},{target.position[1]}"
+    return [(f"{stem}_field.png", f"receptive field of {where} ({y1 - y0}x{x1 - x0} px)"),
+            (f"{stem}_gradient.png", "its reconstruction")]
+
+
+def _crop_boxes(size: tuple[int, int], rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    width, height = size
+    boxes = []
+    for _ in range(CROPS_PER_PHOTO):
+        side = int(min(width, height) * rng.uniform(*CROP_FRACTION))
+        left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+        boxes.append((left, top, left + side, top + side))
+    return boxes
 
 
 def _write_dataset(folder: str) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
+    """Random square crops of each photograph in ``folder/PHOTO/`` (a class
+    folder per photograph: the crops' label), resized to CROP_SIDE. The same
+    crops every time; files already there are kept (each is written
+    atomically, so an existing file is a whole one)."""
+    rng = np.random.default_rng(0)
     paths = []
     for name, image in sample_images(DATASET_SAMPLES).items():
-        path = os.path.join(folder, f"{name}.png")
-        if not os.path.exists(path):  # written atomically, so an existing file is a whole one
-            with atomic.atomic_open(path, "wb") as stream:
-                image.save(stream, format="PNG")
-        paths.append(path)
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        for k, box in enumerate(_crop_boxes(image.size, rng)):
+            path = os.path.join(folder, name, f"{name}_{k:02d}.jpg")
+            if not os.path.exists(path):
+                crop = image.crop(box).resize((CROP_SIDE, CROP_SIDE), Image.Resampling.BILINEAR)
+                with atomic.atomic_open(path, "wb") as stream:
+                    crop.save(stream, format="JPEG", quality=92)  # a tenth of a PNG's size
+            paths.append(path)
     return paths
 
 

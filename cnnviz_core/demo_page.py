@@ -1,31 +1,103 @@
-"""The demo's HTML page: one section per kind of method, the torch model and
-its ONNX copy side by side."""
+"""The demo's HTML page: a section per kind of method, a card per method and
+model with a line on what its pictures show and how to read them.
+
+Self-contained: no external links, fonts or scripts. The grid fits any width
+from a phone to a wide screen (no horizontal scrolling at 1280 px); a click
+on a picture shows it large (a few lines of inline script; without script
+the link opens the file). While the demo runs the page reloads itself."""
 
 from __future__ import annotations
 
 import html
+import math
+from typing import Any
 
 import numpy as np
 
-STYLE = ("body{font-family:sans-serif}td,th{vertical-align:top;padding:4px;text-align:center}"
-         "h2{margin-top:2em}.fail{color:#a00}")
+from . import demo_text
+from .registry import get_registry
+
+RUNTIMES = {"torch": "PyTorch", "onnx": "ONNX"}
+RELOAD_SECONDS = 5
+
+STYLE = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:0 auto;max-width:1240px;padding:0 16px 40px;line-height:1.4}
+h1{margin:16px 0 4px}h2{margin:32px 0 4px;border-bottom:2px solid #ddd}h3{margin:0 0 4px;font-size:1.05em}
+nav a{margin-right:12px}.status{background:#f4f4f4;padding:6px 10px;border-radius:4px}
+.intro{max-width:72em;color:#444}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,390px),1fr));gap:14px;align-items:start}
+.grid.wide{grid-template-columns:repeat(auto-fill,minmax(min(100%,560px),1fr))}
+.card{border:1px solid #ddd;border-radius:6px;padding:10px;min-width:0}
+.tag{font-size:.75em;font-weight:normal;background:#eef;border-radius:3px;padding:1px 5px;margin-left:4px}
+.time{font-size:.75em;font-weight:normal;color:#777;margin-left:4px}
+.what{margin:2px 0;font-size:.9em}.how{margin:2px 0 8px;font-size:.9em;color:#555}
+.rowtitle{font-size:.85em;font-weight:600;margin:6px 0 2px}
+.pics{display:grid;grid-template-columns:repeat(auto-fit,minmax(100px,1fr));gap:6px;align-items:start}
+.wide .pics{grid-template-columns:repeat(auto-fit,minmax(240px,1fr))}
+.photos{display:flex;flex-wrap:wrap;gap:14px 28px}.photo{display:flex;gap:10px;align-items:flex-start}.photo a{flex:0 0 180px}
+figure{margin:0;min-width:0}figcaption{font-size:.78em;color:#555;overflow-wrap:anywhere}
+img{display:block;width:100%;height:auto;background:#fafafa}a.zoom{cursor:zoom-in}
+.facts{font-size:.85em;border-collapse:collapse;margin-top:8px}.facts td{padding:1px 8px 1px 0;vertical-align:top}
+.notes{font-size:.8em;color:#8a5a00;margin:6px 0 0;padding-left:18px}
+.fail{color:#a00}
+#zoom{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;align-items:center;justify-content:center;cursor:zoom-out;z-index:9}
+#zoom[hidden]{display:none}
+#zoom img{width:auto;height:auto;min-width:min(90vw,640px);max-width:95vw;max-height:95vh;object-fit:contain;background:#fff}
+"""
+
+# Shows a clicked picture large; a click anywhere or Escape closes it.
+SCRIPT = """
+document.addEventListener('click',function(e){
+ var box=document.getElementById('zoom'),link=e.target.closest&&e.target.closest('a.zoom');
+ if(link){e.preventDefault();box.textContent='';var img=new Image();img.src=link.getAttribute('href');
+  img.alt=link.getAttribute('title')||'';box.appendChild(img);box.hidden=false;return;}
+ if(!box.hidden){box.hidden=true;}
+});
+document.addEventListener('keydown',function(e){if(e.key==='Escape'){document.getElementById('zoom').hidden=true;}});
+"""
+
+SKIPPED_FACTS = {"box_format", "index", "layers", "scope", "channels", "neighbors", "sampled"}
 
 
-def demo_page(adapter, names, logits, runs) -> str:
-    sections = [
-        f"<h1>cnnviz demo — {html.escape(adapter.name)}</h1>",
-        "<p>Every method that runs on the model, on the PyTorch model (<b>torch</b>) and on its ONNX export (<b>onnx</b>). "
-        "Raw values are in the .npy files beside this page.</p>",
-        _attribution_table(adapter, names, logits, [r for r in runs if r.kind == "attribution" and not r.error]),
-        _gallery("Synthesis: images made by optimization or search", [r for r in runs if r.kind == "synthesis" and not r.error]),
-        _gallery("Analyses: one pass over scikit-image's photographs, and the weights", [r for r in runs if r.kind == "analysis" and not r.error]),
-    ]
+def demo_page(adapter, names, logits, runs, pending=(), done: bool = True) -> str:
+    """The whole page for the runs so far; ``pending``: (method, model) still to run."""
+    esc = html.escape
+    sections = [f"<h1>cnnviz demo &mdash; {esc(adapter.name)}</h1>", _status(runs, pending, done),
+                "<nav>" + "".join(f"<a href='#{kind}'>{esc(kind)}</a>" for kind in demo_text.SECTIONS) + "</nav>",
+                _inputs(adapter, names, logits)]
+    for kind in demo_text.SECTIONS:
+        sections.append(_section(kind, [r for r in runs if r.kind == kind and not r.error]))
     failed = [r for r in runs if r.error]
     if failed:
-        items = "".join(f"<li><b>{html.escape(r.method)}</b> ({r.model}): {html.escape(r.error)}</li>" for r in failed)
-        sections.append(f"<h2 class='fail'>Failed</h2><ul>{items}</ul>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>cnnviz demo</title><style>{STYLE}</style></head><body>"
-            + "".join(sections) + "</body></html>\n")
+        items = "".join(f"<li><b>{esc(r.method)}</b> ({esc(RUNTIMES.get(r.model, r.model))}): {esc(r.error)}</li>" for r in failed)
+        sections.append(f"<h2 class='fail' id='failed'>Failed</h2><ul>{items}</ul>")
+    reload = "" if done else f"<meta http-equiv='refresh' content='{RELOAD_SECONDS}'>"
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"{reload}<title>cnnviz demo</title><style>{STYLE}</style></head><body>"
+            + "".join(sections) + f"<div id='zoom' hidden></div><script>{SCRIPT}</script></body></html>\n")
+
+
+def _status(runs, pending, done) -> str:
+    seconds = sum(r.seconds for r in runs)
+    if done:
+        text = (f"Done: {len(runs)} runs in {seconds:.0f} s of computing. Raw values (.npy) and a JSON record of each "
+                "run are in torch/ and onnx/ beside this page. Click a picture to enlarge it.")
+    else:
+        left = ", ".join(f"{m} ({RUNTIMES.get(label, label)})" for m, label in list(pending)[:6])
+        more = f" and {len(pending) - 6} more" if len(pending) > 6 else ""
+        text = (f"Running: {len(runs)} of {len(runs) + len(pending)} done; this page reloads itself every "
+                f"{RELOAD_SECONDS} s. Next: {left}{more}.")
+    return f"<p class='status'>{html.escape(text)}</p>"
+
+
+def _inputs(adapter, names, logits) -> str:
+    figures = "".join(
+        f"<figure class='photo'>{_image(f'{name}.input.png', name)}<figcaption><b>{html.escape(name)}</b>, the model's top 5:<br>"
+        f"{_top5(adapter, logits[i])}</figcaption></figure>" for i, name in enumerate(names))
+    return ("<section id='inputs'><h2>The photographs</h2><p class='intro'>Two of scikit-image's photographs, as the model sees them "
+            f"(resized and cropped to its input). Attribution methods explain each one's top-1 class.</p><div class='photos'>{figures}</div></section>")
 
 
 def _top5(adapter, row: np.ndarray) -> str:
@@ -36,33 +108,74 @@ def _top5(adapter, row: np.ndarray) -> str:
     return "<br>".join(f"{html.escape(label(int(i)))}: {probs[i]:.3f}" for i in best)
 
 
-def _attribution_table(adapter, names, logits, runs) -> str:
-    if not runs:
-        return ""
-    head = "".join(f"<th>{html.escape(r.method)}<br><small>{r.model}, {r.seconds:.2f} s</small></th>" for r in runs)
-    body = []
-    for i, name in enumerate(names):
-        cells = "".join("<td>" + "<br>".join(f"<img src='{html.escape(f)}' width=224>" for f in r.files.get(name, [])) + "</td>"
-                        for r in runs)
-        body.append(f"<tr><td><img src='{name}.input.png' width=224><br><b>{html.escape(name)}</b><br>"
-                    f"<small>{_top5(adapter, logits[i])}</small></td>{cells}</tr>")
-    return ("<h2>Attribution: what in the photograph explains the top-1 class</h2>"
-            f"<table><tr><th>input and top-5</th>{head}</tr>{''.join(body)}</table>")
+def _section(kind: str, runs) -> str:
+    title, intro = demo_text.SECTIONS[kind]
+    first = {}
+    for position, run in enumerate(runs):
+        first.setdefault(run.method, position)
+    ordered = sorted(runs, key=lambda r: (first[r.method], r.model != "torch"))  # a method's torch and ONNX runs side by side
+    cards = "".join(_card(run) for run in ordered) or "<p>(none yet)</p>"
+    return (f"<section id='{kind}'><h2>{html.escape(title)}</h2><p class='intro'>{html.escape(intro)}</p>"
+            f"<div class='grid{' wide' if kind == 'analysis' else ''}'>{cards}</div></section>")
 
 
-def _gallery(title: str, runs) -> str:
-    if not runs:
-        return ""
-    blocks = []
-    for run in runs:
-        figures = []
-        for row, files in run.files.items():
-            caption = html.escape(str(run.facts.get(row, row))) if isinstance(run.facts.get(row), str) else html.escape(row)
-            figures += [f"<figure style='display:inline-block'><img src='{html.escape(f)}' style='max-width:360px'>"
-                        f"<figcaption><small>{caption}</small></figcaption></figure>" for f in files]
-        facts = {k: v for k, v in run.facts.items() if not isinstance(v, str) or k not in run.files}
-        listed = "".join(f"<li>{html.escape(str(k))}: {html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</li>"
-                         for k, v in facts.items() if k not in run.files)
-        blocks.append(f"<h3>{html.escape(run.method)} <small>({run.model}, {run.seconds:.1f} s)</small></h3>"
-                      f"<div>{''.join(figures)}</div>" + (f"<ul>{listed}</ul>" if listed else ""))
-    return f"<h2>{html.escape(title)}</h2>" + "".join(blocks)
+def _card(run) -> str:
+    esc = html.escape
+    registry = get_registry()
+    summary = registry.method(run.method).summary() if run.method in registry.methods else ""
+    what, how = demo_text.note(run.method, summary)
+    rows = []
+    for title, pictures in run.rows.items():
+        figures = "".join(f"<figure>{_image(p.path, p.caption)}<figcaption>{esc(p.caption)}</figcaption></figure>" for p in pictures)
+        heading = f"<div class='rowtitle'>{esc(title)}</div>" if title else ""
+        rows.append(f"{heading}<div class='pics'>{figures}</div>")
+    facts = _facts(run.facts)
+    notes = "".join(f"<li>{esc(n)}</li>" for n in run.notes)
+    return (f"<article class='card' id='{esc(run.method)}-{esc(run.model)}'>"
+            f"<h3>{esc(run.method)}<span class='tag'>{esc(RUNTIMES.get(run.model, run.model))}</span>"
+            f"<span class='time'>{run.seconds:.1f} s</span></h3>"
+            f"<p class='what'>{esc(what)}</p>" + (f"<p class='how'>{esc(how)}</p>" if how else "")
+            + "".join(rows) + facts + (f"<ul class='notes'>{notes}</ul>" if notes else "") + "</article>")
+
+
+def _image(path: str, title: str) -> str:
+    path, title = html.escape(path, quote=True), html.escape(title, quote=True)
+    return f"<a class='zoom' href='{path}' title='{title}'><img src='{path}' alt='{title}'></a>"
+
+
+def _facts(facts: dict[str, Any]) -> str:
+    """The analysis facts worth reading, formatted; no raw tables and no
+    numbers that stand for "not computed" (t-SNE's KL is 1.8e308 when its
+    optimizer never left the exaggeration phase)."""
+    rows = []
+    for key, value in facts.items():
+        if key in SKIPPED_FACTS:
+            continue
+        text = _fact_text(key, value)
+        if text is not None:
+            rows.append(f"<tr><td>{html.escape(key.replace('_', ' '))}</td><td>{html.escape(text)}</td></tr>")
+    return f"<table class='facts'>{''.join(rows)}</table>" if rows else ""
+
+
+def _fact_text(key: str, value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None if value is None else ("yes" if value else "no")
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3g}" if math.isfinite(value) and abs(value) < 1e300 else None
+    if isinstance(value, str):
+        return value if len(value) <= 80 else None
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return ", ".join(f"{v:.3g}" for v in value)  # one per photo
+    if key == "receptive_field" and isinstance(value, dict) and "centre_size" in value:
+        height, width = value["centre_size"]
+        return f"{height}x{width} px at the centre, a unit every {value.get('stride', ['?'])[0]:.3g} px"
+    if key == "sparsities" and isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        parts = []
+        for level in value:
+            measured = level.get("accuracy") if level.get("accuracy") is not None else level.get("agreement")
+            name = "accuracy" if level.get("accuracy") is not None else "agreement"
+            parts.append(f"{level.get('sparsity', 0):g} %: {name} {measured:.2f}")
+        return "; ".join(parts)
+    return None

@@ -142,10 +142,10 @@ def gradient_image(values_chw: np.ndarray, percentile: float = IMAGE_PERCENTILE)
 
 # -- colour bar ------------------------------------------------------------------
 COLORBAR_MIN_WIDTH = 128  # narrower pictures get a wider white canvas, so the labels fit
-_BAR_HEIGHT, _MARGIN, _TEXT_HEIGHT = 8, 4, 13
+_BAR_HEIGHT, _MARGIN, _TEXT_HEIGHT = 8, 4, 16
 
 
-def _font(size: int = 11):
+def _font(size: int = 13):
     try:
         return ImageFont.load_default(size=size)  # Pillow ≥ 10.1 with FreeType
     except (TypeError, OSError, ImportError):

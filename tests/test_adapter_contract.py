@@ -28,6 +28,7 @@ QUICK = {
     "occlusion": {"window": 4, "stride": 4},
     "rise": {"masks": 64, "grid": 4},
     "fooling_images": {"generations": 3, "population": 8, "parents": 2},
+    "tsne": {"perplexity": 2.0},  # 8 images; the demo's settings are for hundreds
 }
 
 

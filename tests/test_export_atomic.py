@@ -92,27 +92,30 @@ def test_publish_together_renames_the_last_file_last(tmp_path, monkeypatch):
 
 def test_demo_dataset_files_are_written_atomically(tmp_path, monkeypatch):
     from PIL import Image
-    from skimage import data
 
     calls = {"n": 0}
     original = Image.Image.save
 
     def save(self, target, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:  # the third photo: half a file, then a crash
+        if calls["n"] == 3:  # the third crop: half a file, then a crash
             stream = open(target, "wb") if isinstance(target, (str, os.PathLike)) else target
-            stream.write(b"\x89PNG\r\n\x1a\nhalf")
+            stream.write(b"\xff\xd8half")
             stream.flush()
             raise OSError("simulated crash while writing")
         return original(self, target, *args, **kwargs)
 
+    def files(folder):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(demo, "CROPS_PER_PHOTO", 2)
     monkeypatch.setattr(Image.Image, "save", save)
     with pytest.raises(OSError, match="simulated crash"):
-        demo._write_dataset(str(tmp_path))
-    names = listing(tmp_path)
-    assert names == sorted(f"{name}.png" for name in demo.DATASET_SAMPLES[:2])  # whole files only
+        demo._write_dataset(str(tmp_path / "a"))
+    assert files(tmp_path / "a") == ["chelsea/chelsea_00.jpg", "chelsea/chelsea_01.jpg"]  # whole files only
     monkeypatch.setattr(Image.Image, "save", original)
-    paths = demo._write_dataset(str(tmp_path))  # a rerun completes, keeping the whole files it finds
-    assert len(paths) == len(demo.DATASET_SAMPLES) and listing(tmp_path) == sorted(os.path.basename(p) for p in paths)
-    for name in ("coffee", "rocket"):
-        np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(tmp_path, f"{name}.png"))), getattr(data, name)())
+    paths = demo._write_dataset(str(tmp_path / "a"))  # a rerun completes, keeping the whole files it finds
+    assert len(paths) == 2 * len(demo.DATASET_SAMPLES) and files(tmp_path / "a") == sorted(os.path.relpath(p, tmp_path / "a") for p in paths)
+    fresh = demo._write_dataset(str(tmp_path / "b"))  # the same crops every time
+    for kept, again in zip(paths, fresh):
+        np.testing.assert_array_equal(np.asarray(Image.open(kept)), np.asarray(Image.open(again)))

@@ -88,7 +88,14 @@ class TopPatches(AnalysisMethod):
     Params = TopPatchesParams
     batch_hint = 32
     state_attributes = ("values", "images", "positions", "names", "crops")
-    demo_params = {"channels": "8", "top_k": 4}
+    demo_params = {"channels": "8", "top_k": 6}
+
+    @classmethod
+    def demo_settings(cls, adapter) -> dict:
+        """The demo's layer: the middle stage output, whose receptive field is a
+        fraction of the image, so patches are parts, not whole photos."""
+        stages = adapter.stage_outputs()
+        return {"layer": stages[len(stages) // 2]}
 
     @classmethod
     def check_params(cls, params) -> None:

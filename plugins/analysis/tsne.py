@@ -60,7 +60,7 @@ class Tsne(AnalysisMethod):
     Params = TsneParams
     batch_hint = 32
     state_attributes = ("chunks", "total")
-    demo_params = {"perplexity": 4.0, "max_iter": 250}  # the demo dataset has about a dozen photographs
+    demo_params = {"max_iter": 1000}  # the demo's 336 photo crops: the default perplexity, run to convergence
 
     @classmethod
     def check_params(cls, params) -> None:

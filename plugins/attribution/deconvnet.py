@@ -1,5 +1,7 @@
 """Deconvnet (Zeiler & Fergus 2014) as a cnnviz plugin."""
 
+import numpy as np
+
 from cnnviz_core import hookimpl
 from cnnviz_core.toolkit import InputGradient
 
@@ -9,6 +11,18 @@ class Deconvnet(InputGradient):
 
     name = "deconvnet"
     rule = "deconvnet"
+
+    @classmethod
+    def demo_target(cls, adapter, inputs):
+        """As Zeiler & Fergus show it: one strong unit projected back, each
+        image's strongest unit of the middle stage output (layer:channel@y,x)."""
+        stages = adapter.stage_outputs()
+        layer = stages[len(stages) // 2]
+        targets = []
+        for values in adapter.activations(inputs, [layer])[layer]:
+            channel, y, x = np.unravel_index(int(np.argmax(values)), values.shape)
+            targets.append(f"{layer}:{channel}@{y},{x}")
+        return targets
 
 
 @hookimpl

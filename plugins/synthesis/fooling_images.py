@@ -56,12 +56,13 @@ class FoolingImages(SynthesisMethod):
     needs_image = False
     higher_is_better = True
     batch_hint = 4
-    demo_params = {"generations": 10, "population": 16, "parents": 4}
+    # velvet reaches p=0.95 at generation 46 on lite0 (ONNX, about 30 CPU-seconds); rock beauty only 0.83 after 80
+    demo_params = {"generations": 60, "population": 16, "parents": 4, "confidence": 0.95}
 
     @classmethod
     def demo_target(cls, adapter, inputs):
         if adapter.num_classes == 1000:
-            return [885, 392]  # ImageNet's velvet and rock beauty: what smooth patterns at 224 px drift to (measured)
+            return [885]  # ImageNet's velvet: what smooth patterns at 224 px drift to, and reach (measured)
         return [0, adapter.num_classes - 1]
 
     @classmethod
