@@ -37,29 +37,31 @@ SAMPLES = ("chelsea", "coffee")
 # The analyses' dataset: crops of every colour or grey photograph scikit-image bundles.
 DATASET_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field",
                    "colorwheel", "retina", "camera", "coins", "moon", "page", "text", "logo")
-CROPS_PER_PHOTO = 24  # 14 photos x 24 = 336 crops: enough for t-SNE clusters, seconds to stream
+CROPS_PER_PHOTO = 16  # 14 photos x 16 = 224 crops: enough for t-SNE clusters, seconds to stream
 CROP_SIDE = 224  # pixels of each crop as written (the model's input size)
 CROP_FRACTION = (0.3, 0.65)  # a crop's side, as a fraction of its photo's shorter side
 # Analyses that run the model several times per image take every Nth crop,
 # unlabelled: pruning runs it once per sparsity (and the crops' labels, their
 # photographs, are no classes of the model, so only agreement is measured).
-DATASET_EVERY = {"pruning": 6}
+DATASET_EVERY = {"pruning": 4}
 KINDS = ("attribution", "synthesis", "analysis")
 RUNTIMES = {"torch": "PyTorch", "onnx": "ONNX Runtime"}
 
-# Seconds each method takes in the demo on an idle 2-core CPU (measured with
-# the demo's settings): the plan runs quick methods first, and the overall
-# estimate scales these by the speed observed so far. Unknown methods: DEFAULT_COST.
+# Seconds each method takes in the demo on a 2-core CPU (measured with the
+# demo's settings on a busy machine, scaled by 0.75 for an idle one): the plan
+# runs quick methods first, and the overall estimate scales these by the speed
+# observed so far. Unknown methods: DEFAULT_COST.
 DEMO_COST = {
-    "saliency": 1.0, "gradcam": 1.0, "cam": 1.0, "guided_backprop": 1.0, "deconvnet": 1.5, "neuron_gradient": 1.5,
-    "guided_gradcam": 1.5, "gradcam_plus_plus": 1.5, "layercam": 1.5, "smoothgrad": 3.0, "occlusion": 4.0,
-    "integrated_gradients": 8.0, "rise": 6.0, "score_cam": 6.0,
-    "adversarial": 3.0, "inversion": 6.0, "style_transfer": 8.0, "deepdream": 8.0, "fooling_images": 12.0,
-    "class_model": 20.0,
-    "filters": 1.0, "top_patches": 6.0, "tsne": 8.0, "pruning": 15.0,
+    "gradcam": 1.0, "gradcam_plus_plus": 0.5, "guided_gradcam": 0.5, "layercam": 0.5, "neuron_gradient": 0.5,
+    "smoothgrad": 1.5, "guided_backprop": 2.0, "saliency": 2.0, "deconvnet": 4.0, "integrated_gradients": 12.0,
+    "cam": 0.5, "occlusion": 11.0, "score_cam": 7.0, "rise": 14.0,
+    "adversarial": 4.5, "deepdream": 17.0, "inversion": 24.0, "fooling_images": 32.0, "style_transfer": 38.0,
+    "class_model": 44.0,
+    "filters": 0.2, "top_patches": 5.0, "pruning": 7.0, "tsne": 9.0,
 }
 DEFAULT_COST = 5.0
 EXPORT_COST = 6.0  # the ONNX export, before the first ONNX run
+PRIOR_SECONDS = 30.0  # weight of the measured costs against the speed observed, in the estimate
 
 
 @dataclasses.dataclass
@@ -135,9 +137,12 @@ class DemoProgress:
         self.live = enabled and _is_terminal(self.stream)
 
     def estimate(self, position: int) -> float:
-        """Seconds left after ``position`` runs are done."""
+        """Seconds left after ``position`` runs are done: the measured costs
+        left, times the speed seen so far, which starts from the measured
+        speed (PRIOR_SECONDS of it) so a slow first method (warming up) does
+        not swing the estimate."""
         spent = time.perf_counter() - self.start
-        speed = min(max(spent / self.done_cost, 0.25), 8.0) if self.done_cost > 0 else 1.0
+        speed = min(max((spent + PRIOR_SECONDS) / (self.done_cost + PRIOR_SECONDS), 0.25), 8.0)
         return sum(self.costs[position:]) * speed
 
     def say(self, text: str) -> None:
@@ -179,6 +184,8 @@ def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto", 
     from .demo_page import demo_page
 
     show = progress_default(progress)
+    called = time.perf_counter()
+    first_result: float | None = None  # seconds from the call to the first method's pictures on the page
     # the per-method bars would name internal steps: the demo reports per method instead
     scheduler = Scheduler(device=device, progress=False)
     adapter = api.load_model(model)
@@ -229,13 +236,16 @@ def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto", 
         runs.append(run)
         reporter.finished(position, run)
         write_page(position + 1 == len(plan))
+        if first_result is None and not run.error:
+            first_result = time.perf_counter() - called
     if not plan:
         write_page(True)
     atomic.write_json(os.path.join(out, "timings.json"), {
         "runs": [{"method": r.method, "model": r.model, "seconds": round(r.seconds, 3), "cpu_seconds": round(r.cpu_seconds, 3)}
                  for r in runs],
-        "total_seconds": round(time.perf_counter() - reporter.start, 3), "cpu_count": os.cpu_count()})
-    reporter.say(f"cnnviz demo: done in {_duration(time.perf_counter() - reporter.start)}")
+        "total_seconds": round(time.perf_counter() - called, 3), "cpu_seconds": round(time.process_time(), 3),
+        "first_result_seconds": None if first_result is None else round(first_result, 3), "cpu_count": os.cpu_count()})
+    reporter.say(f"cnnviz demo: done in {_duration(time.perf_counter() - called)}")
     failed = [r for r in runs if r.error]
     if failed:
         raise CnnvizError(f"demo: {len(failed)} run(s) failed: " + "; ".join(f"{r.method} ({r.model}): {r.error}" for r in failed))

@@ -60,7 +60,7 @@ class Tsne(AnalysisMethod):
     Params = TsneParams
     batch_hint = 32
     state_attributes = ("chunks", "total")
-    demo_params = {"max_iter": 1000}  # the demo's 336 photo crops: the default perplexity, run to convergence
+    demo_params = {"max_iter": 1000}  # the demo's 224 photo crops: the default perplexity, run to convergence
 
     @classmethod
     def check_params(cls, params) -> None:

@@ -74,7 +74,7 @@ class DeepDream(SynthesisMethod):
     needs_image = True
     higher_is_better = True
     batch_hint = 8
-    demo_params = {"steps": 10, "octaves": 4}
+    demo_params = {"steps": 8, "octaves": 4}
 
     def steps_per_item(self) -> int:
         return self.params.steps * self.params.octaves
