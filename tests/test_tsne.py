@@ -174,9 +174,15 @@ def test_pretrained_lite0_groups_versions_of_the_same_photo(lite0, tmp_path):
 
 # -- several analyses over one pass, and resuming ---------------------------------
 class FailingItems(list):
-    """Dataset items whose iteration fails after ``fail_after`` items (once armed)."""
+    """Dataset items whose reading fails at item ``fail_after`` (once armed),
+    whether the dataset walks them or, as it does for a sequence, indexes them."""
 
     fail_after: int | None = None
+
+    def __getitem__(self, index):
+        if self.fail_after is not None and index == self.fail_after:
+            raise OSError("disk went away")
+        return super().__getitem__(index)
 
     def __iter__(self):
         for count, item in enumerate(super().__iter__()):
