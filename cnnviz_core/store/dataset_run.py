@@ -87,7 +87,7 @@ def run_dataset(
             "length": source.length, "map_shape": list(adapter.config.input_size)}
     _prepare_store(out, key, plan, [c.name for c in classes], source, overwrite)
     done = layout.done_chunks(out)
-    nodes: list[str] = []
+    ray_placement: dict[str, Any] = {"nodes": []}  # where a Ray run's chunks ran (see ray_backend)
     if source.length is not None:
         pending = [c for c in range(-(-source.length // plan["chunk_size"])) if c not in done]
         if backend == "ray":
@@ -96,7 +96,7 @@ def run_dataset(
 
                 setup = {"model": local_backend.model_blob(adapter if not isinstance(model, (str, os.PathLike)) else model, options),
                          "methods": checked, "source": source, "out": os.path.abspath(out), "plan": plan}
-                nodes = ray_backend.run_chunks(pending, setup, ray_address, workers, use_gpus=(devices or "cpu") != "cpu")
+                ray_placement = ray_backend.run_chunks(pending, setup, ray_address, workers, use_gpus=(devices or "cpu") != "cpu")
         elif len(placement) == 1:
             scheduler = Scheduler(device=placement[0], progress=False, prefer=adapter.device)
             with placed(adapter, scheduler) as scheduler:
@@ -109,7 +109,7 @@ def run_dataset(
             local_backend.run_chunks(pending, placement, setup, lambda chunk, counts: None)
     else:
         _run_stream(adapter, checked, source, out, plan, placement[0])
-    return _finish(out, [c.name for c in classes], open_results, {"backend": backend, "nodes": nodes})
+    return _finish(out, [c.name for c in classes], open_results, {"backend": backend, **ray_placement})
 
 
 def _run_stream(adapter, checked, source: Dataset, out: str, plan: dict, device: str) -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import InputError
+from ..errors import CnnvizError, InputError
 
 RETRIES = 3
 
 
-def run_chunks(chunks: list[int], setup: dict[str, Any], address: str | None, workers: int | None, use_gpus: bool) -> list[str]:
+def run_chunks(chunks: list[int], setup: dict[str, Any], address: str | None, workers: int | None, use_gpus: bool) -> dict[str, Any]:
     """Compute ``chunks`` on a Ray cluster (``address``; None: a local one
-    started and stopped here); returns the ids of the nodes that worked."""
+    started and stopped here). Returns where they ran, for the run's record:
+    ``nodes`` (the ids of the nodes that worked) and ``workers`` (chunk ->
+    [position in nodes, PID of the worker process that wrote it])."""
     try:
         import ray
         from ray.util import ActorPool
@@ -33,12 +35,28 @@ def run_chunks(chunks: list[int], setup: dict[str, Any], address: str | None, wo
         count = max(1, min(workers or slots, len(chunks)))
         actor_class = ray.remote(_actor_class(ray)).options(num_gpus=1 if use_gpus else 0, num_cpus=0 if use_gpus else 1,
                                                       max_restarts=RETRIES, max_task_retries=RETRIES)
-        actors = [actor_class.remote(setup, "cuda:0" if use_gpus else "cpu") for _ in range(count)]
+        # the setup goes into the object store once, held here for the whole run: an actor restarted after its
+        # worker died is built again from it (Ray frees arguments it stored itself; ray-project/ray#53727)
+        setup_ref = ray.put(setup)
+        actors = [actor_class.remote(setup_ref, "cuda:0" if use_gpus else "cpu") for _ in range(count)]
         pool = ActorPool(actors)
-        return sorted(set(pool.map_unordered(lambda actor, chunk: actor.run.remote(chunk), chunks)))
+        try:
+            placed = dict(pool.map_unordered(lambda actor, chunk: actor.run.remote(chunk), chunks))
+        except ray.exceptions.RayTaskError:
+            raise  # the method's own error (Ray re-raises it as an instance of its class too)
+        except ray.exceptions.RayError as error:  # workers lost more often than Ray retries
+            raise CnnvizError(f"Ray workers were lost beyond {RETRIES} retries ({type(error).__name__}: {_first_line(error)}); the finished "
+                              "chunks are kept: run the same command again to continue") from None
     finally:
         if started_here:
             ray.shutdown()
+    nodes = sorted({node for node, _ in placed.values()})
+    return {"nodes": nodes, "workers": {str(c): [nodes.index(placed[c][0]), placed[c][1]] for c in sorted(placed)}}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else "no detail")[:300]
 
 
 def _actor_class(ray):
@@ -53,8 +71,8 @@ def _actor_class(ray):
 
             self.worker = build_worker(setup, device, threads=1 if device == "cpu" else max(1, os.cpu_count() or 1))
 
-        def run(self, chunk: int) -> str:
+        def run(self, chunk: int) -> tuple[int, tuple[str, int]]:
             self.worker.run_chunk(chunk)
-            return ray.get_runtime_context().get_node_id()
+            return chunk, (ray.get_runtime_context().get_node_id(), os.getpid())
 
     return ChunkActor
