@@ -65,57 +65,5 @@ def rss(dataset: str, out: str) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def ray_cluster(adapter_path: str, dataset: str, out: str, scratch: str) -> None:
-    """Inside a network namespace of its own (loopback only): a two-node Ray
-    cluster on 127.0.0.1, each node with its own temp dir, token auth with a
-    token of this run; a dataset run on it; both nodes stopped by PID."""
-    import json
-    import secrets
-    import subprocess
-
-    from cnnviz_core import run_dataset
-
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]))
-    os.environ.update(env)
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    port = "6391"
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--block", "--disable-usage-stats"]
-    nodes = [subprocess.Popen([ray, "start", "--head", "--port", port, "--temp-dir", os.path.join(scratch, "head"),
-                               "--include-dashboard", "false", *common], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        import ray as ray_module
-
-        deadline = time.monotonic() + 120
-        while True:  # the head answers once its GCS is up
-            try:
-                ray_module.init(address=f"127.0.0.1:{port}", include_dashboard=False, log_to_driver=False)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-        nodes.append(subprocess.Popen([ray, "start", "--address", f"127.0.0.1:{port}", "--temp-dir",
-                                       os.path.join(scratch, "worker"), *common], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while len([n for n in ray_module.nodes() if n["Alive"]]) < 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the second Ray node did not join")
-            time.sleep(0.5)
-        with open(adapter_path, "rb") as stream:
-            adapter = pickle.load(stream)
-        result = run_dataset(["gradcam", "saliency"], adapter, dataset, out=out, chunk_size=8, batch_size=4, backend="ray")
-        print(json.dumps({"nodes": len(result.record["execution"]["nodes"]), "summary": result.summary}))
-        ray_module.shutdown()
-    finally:
-        for node in reversed(nodes):
-            node.terminate()
-            try:
-                node.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-
-
 if __name__ == "__main__":
-    {"slow-run": slow_run, "rss": rss, "ray-cluster": ray_cluster}[sys.argv[1]](*sys.argv[2:])
+    {"slow-run": slow_run, "rss": rss}[sys.argv[1]](*sys.argv[2:])

@@ -2,19 +2,16 @@
 one store of Zarr maps plus a CSV index, equal bit for bit to in-memory runs
 whatever the worker count, resumable after SIGKILL at chunk granularity,
 refusing a store made with other weights, recording unreadable images, with
-peak memory flat in the number of images."""
+peak memory flat in the number of images. Ray runs: tests/test_ray_cluster.py."""
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -214,33 +211,6 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
         peaks[count] = int(stdout.split()[-1])
     assert len(open_results(tmp_path / "out2000")) == 2000
     assert abs(peaks[2000] - peaks[200]) / peaks[200] < 0.10, peaks
-
-
-def test_ray_two_node_cluster_writes_the_same_store(digits, digits_folder, reference, tmp_path):
-    """Ray in a network namespace of its own (loopback only, DESIGN §5), two
-    nodes of one CPU each on this machine, started and stopped by the child."""
-    pytest.importorskip("ray")
-    if shutil.which("unshare") is None or shutil.which("ip") is None or os.geteuid() != 0:
-        pytest.skip("needs unshare and ip as root to give Ray a loopback-only network namespace")
-    pickled = tmp_path / "adapter.pkl"
-    pickled.write_bytes(pickle.dumps(digits))
-    scratch = tempfile.mkdtemp(prefix="cnnviz-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    out = tmp_path / "store"
-    # a PID namespace too: whatever Ray leaves behind ends with the child
-    command = (f"ip link set lo up && {sys.executable} {os.path.join(HERE, 'dataset_run_child.py')} ray-cluster "
-               f"{pickled} {digits_folder} {out} {scratch}")
-    try:
-        completed = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", command],
-                                   capture_output=True, text=True, timeout=240)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert report == {"nodes": 2, "summary": {"ok": 40, "skipped": 0, "error": 0}}  # both nodes worked
-    ran = open_results(out)
-    assert ran.rows == reference.rows
-    for method in METHODS:
-        assert np.array_equal(stored(ran, method), stored(reference, method))
 
 
 def test_pandas_reads_the_index(reference):
