@@ -41,6 +41,7 @@ from .images import preprocess
 from .pixel_arrays import NormalizedBatch
 from .model_facts import CamHead, ForwardRunner, ReceptiveField, Span, WeightLayer, WeightLayerNotFoundError
 from .method import Attribution, AttributionMethod, AttributionParams, Method, MethodParams, param
+from .metric import Metric, MetricBatch, MetricParams, MetricResult, MetricScores, PerturbationParams
 from .registry import get_registry, reset_registry
 from .results import AttributionResult
 from .results_analysis import AnalysisResult
@@ -63,6 +64,8 @@ __all__ = [
     "missing_capabilities", "models", "param", "parse_target", "reset_registry", "run",
     # raw images → the model's normalized batch, declared as such
     "NormalizedBatch", "preprocess",
+    # evaluation metrics (kind "metric"): the base class, what it is given and returns; cnnviz evaluate
+    "Metric", "MetricBatch", "MetricParams", "MetricResult", "MetricScores", "PerturbationParams",
     # dataset runs: attribution maps of a whole dataset in one resumable store
     "StoredResults", "open_results", "run_dataset",
     # for plugins: targets, score selection, pictures

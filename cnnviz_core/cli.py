@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = commands.add_parser("methods", help="list methods; with --model, which run on that model")
     methods.add_argument("--model", help="a model name, timm:NAME or a path to an .onnx file")
-    methods.add_argument("--kind", choices=("attribution", "synthesis", "analysis"))
+    methods.add_argument("--kind", choices=("attribution", "synthesis", "analysis", "metric"))
 
     models = commands.add_parser("models", help="list registered models (wildcards allowed)")
     models.add_argument("pattern", nargs="?", default="*")
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_methods = run.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=_Parser)
     registry = get_registry()
     for name, method_class in registry.methods.items():
+        if method_class.kind == "metric":
+            continue  # metrics run through `cnnviz evaluate`
         try:  # on a scratch parser first: a method whose flags argparse refuses must not break every command
             add_run_flags(_Parser(prog=name), [method_class])
         except Exception as error:  # noqa: BLE001 - reported as that plugin's failure

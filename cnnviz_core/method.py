@@ -24,7 +24,7 @@ from .results import AttributionResult
 from .scheduler import Scheduler
 from .targets import Target, validate_targets
 
-KINDS = ("attribution", "synthesis", "analysis")
+KINDS = ("attribution", "synthesis", "analysis", "metric")  # metric: cnnviz_core.metric.Metric, run by cnnviz evaluate
 # Flags and argparse destinations every `cnnviz run` has, and keyword
 # arguments of cnnviz_core.run; a method parameter may not take these names.
 RESERVED_PARAMS = frozenset({"model", "image", "target", "device", "out", "weights", "quiet", "method", "dataset",
