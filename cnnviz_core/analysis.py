@@ -76,6 +76,14 @@ class AnalysisMethod(Method):
         for name, value in state.items():
             setattr(self, name, value)
 
+    def merge(self, state: dict[str, Any]) -> None:
+        """Fold in the :meth:`state` of another instance (same parameters, set
+        up alike) that consumed other items of the dataset, so that partial
+        states from parallel workers combine into the state of one pass over
+        all items. An analysis that implements it runs data-parallel
+        (``workers=``); the order of merges must not change the result."""
+        raise NotImplementedError(f"{self.name} cannot combine partial states, so it runs in one process")
+
     def result(self, analysis: Analysis, metadata: dict[str, Any]) -> AnalysisResult:
         return AnalysisResult(
             method=self.name,

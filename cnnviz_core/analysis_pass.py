@@ -39,9 +39,18 @@ def run_pass(
     out: str | os.PathLike | None = None,
     resume: bool = True,
     checkpoint_interval: float = 10.0,
+    workers: int | None = None,
+    devices: str | None = None,
+    chunk_size: int | None = None,
 ) -> list[AnalysisResult]:
     """Run analyses (all on the same adapter and scheduler) over one pass of
-    ``dataset``; return their results in order."""
+    ``dataset``; return their results in order.
+
+    ``workers`` / ``devices`` (as in dataset runs: ``workers`` CPU processes,
+    or ``cuda:0,cuda:1`` / ``all``, one process per GPU) split the pass over
+    worker processes, each with its own model replica, fed chunks of
+    ``chunk_size`` items (whole batches); their partial states are merged
+    (cnnviz_core.analysis_parallel), giving the result of one process."""
     if not methods:
         raise InputError("no analysis to run")
     adapter, scheduler = methods[0].adapter, methods[0].scheduler
@@ -52,14 +61,32 @@ def run_pass(
             raise InputError(f"{', '.join(m.name for m in streaming)} read(s) a dataset: give --dataset DIR (a folder of images, "
                              "class subfolders as labels), or dataset=... (paths or an iterable of images)")
         source = Dataset.from_spec(dataset)
+    placement = _placement(scheduler, workers, devices) if streaming else []
+    if len(placement) > 1:
+        from .analysis_parallel import check_parallel
+
+        check_parallel(streaming, source)  # before any work
     metadata: dict[str, Any] = {}
     with adapter.session():
         for method in methods:
             method.dataset = source
             method.setup()
-        if streaming:
+        if len(placement) > 1:
+            from .analysis_parallel import run_parallel
+
+            metadata = run_parallel(streaming, source, placement, out, resume, checkpoint_interval, chunk_size)
+        elif streaming:
             metadata = _stream(streaming, source, out, resume, checkpoint_interval)
         return [m.result(m.finish(), dict(metadata) if m.uses_dataset else {}) for m in methods]
+
+
+def _placement(scheduler, workers: int | None, devices: str | None) -> list[str]:
+    """One device per worker process; one entry: the pass stays in this process."""
+    if workers is None and devices is None:
+        return [scheduler.device_name]
+    from .store.local_backend import worker_devices
+
+    return worker_devices(devices or ("cpu" if scheduler.device_name == "cpu" else scheduler.device_name), workers)
 
 
 def _stream(methods: Sequence[AnalysisMethod], source: Dataset, out, resume: bool, interval: float) -> dict[str, Any]:
@@ -166,12 +193,14 @@ def _load_checkpoint(path: str, key: str, methods) -> dict[str, Any] | None:
     return saved
 
 
-def _save_checkpoint(path: str, key: str, methods, next_index: int, seen: int, skipped) -> str | None:
+def _save_checkpoint(path: str, key: str, methods, next_index: int, seen: int, skipped, done: list[int] | None = None) -> str | None:
     """Write the progress atomically; returns the path, or None when an
-    analysis keeps state the codec cannot write (warned once, no more saves)."""
+    analysis keeps state the codec cannot write (warned once, no more saves).
+    ``done``: the finished chunks of a parallel pass (next_index unused)."""
     try:
         blob = state_codec.dumps({"format": CHECKPOINT_FORMAT, "key": key, "next_index": int(next_index), "seen": int(seen),
-                                  "skipped": list(skipped), "states": {m.name: m.state() for m in methods}})
+                                  "skipped": list(skipped), "states": {m.name: m.state() for m in methods},
+                                  **({"done": [int(c) for c in done]} if done is not None else {})})
     except state_codec.StateError as error:
         warnings.warn(f"this pass cannot be resumed after an interruption: {error}", MethodWarning, stacklevel=3)
         return None

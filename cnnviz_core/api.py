@@ -146,10 +146,15 @@ def analyze(
     out: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool | None = None,
+    workers: int | None = None,
+    devices: str | None = None,
 ) -> dict[str, Any]:
     """Run several analyses over ONE streaming pass of ``dataset``: each batch
     is decoded and run through the model once, and the activations are shared.
-    ``methods``: names, or a dict name -> parameters. Returns results by name."""
+    ``methods``: names, or a dict name -> parameters. Returns results by name.
+    ``workers`` CPU processes (or ``devices="cuda:0,cuda:1"`` / ``"all"``, one
+    per GPU) share the pass, each on its own model replica; their partial
+    states merge into the result of one process."""
     from .analysis_pass import run_pass
 
     chosen = dict(methods) if isinstance(methods, dict) else {name: {} for name in methods}
@@ -164,7 +169,7 @@ def analyze(
         checked.append((method_class, method_class.make_params(**(params or {}))))
     with placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as scheduler:
         instances = [method_class(adapter, method_params, scheduler) for method_class, method_params in checked]
-        results = run_pass(instances, dataset, out=out, resume=resume)
+        results = run_pass(instances, dataset, out=out, resume=resume, workers=workers, devices=devices)
     return dict(zip(chosen, results))
 
 

@@ -100,6 +100,9 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
         if any(getattr(cls, "uses_dataset", False) for cls in method_classes):
             parser.add_argument("--dataset", required=True, metavar="DIR",
                                 help="folder of images (class subfolders are the labels)")
+            from .cli_workers import add_worker_flags
+
+            add_worker_flags(parser)
         parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                             help="continue an interrupted pass from its checkpoint in --out (default: yes)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
@@ -279,7 +282,8 @@ def _run_analyses(args, adapter, scheduler, params) -> int:
         described = os.fspath(dataset) if dataset is not None and method_class.uses_dataset else None
         AnalysisResult.plan(args.out, name, adapter.describe(), dataclasses.asdict(method_class.make_params(**values)),
                             described).check(args.overwrite)
-    results = api.analyze(params, adapter, dataset, scheduler=scheduler, out=args.out, resume=args.resume)
+    results = api.analyze(params, adapter, dataset, scheduler=scheduler, out=args.out, resume=args.resume,
+                          workers=getattr(args, "workers", None), devices=getattr(args, "devices", None))
     for name, result in results.items():
         written = result.save(args.out, overwrite=args.overwrite)
         _print_result(name, written, args.out, result)

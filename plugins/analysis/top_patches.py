@@ -133,6 +133,25 @@ class TopPatches(AnalysisMethod):
         self.values, self.images, self.positions, self.names = (
             np.take_along_axis(a, order, axis=1) for a in (values, images, positions, names))
 
+    def merge(self, state) -> None:
+        """Another worker's lists (other images) folded in: the best k of both
+        under the same order (value, then dataset position), which is the list
+        one pass over all images keeps, since each image's entry per channel
+        does not depend on the others. Tiles move with their entries."""
+        if np.shape(state["values"]) != self.values.shape or np.shape(state["crops"]) != self.crops.shape:
+            raise self.error("a partial state of other settings (channels, top_k, tile or max_grids) cannot be merged")
+        k = self.params.top_k
+        values, images, positions, names = (np.concatenate([getattr(self, name), state[name]], axis=1)
+                                            for name in ("values", "images", "positions", "names"))
+        order = np.lexsort((images, -values), axis=1)[:, :k]
+        crops = np.empty_like(self.crops)
+        for c in range(len(crops)):
+            for rank, source in enumerate(order[c]):
+                crops[c, rank] = self.crops[c, source] if source < k else state["crops"][c, source - k]
+        self.crops = crops
+        self.values, self.images, self.positions, self.names = (
+            np.take_along_axis(a, order, axis=1) for a in (values, images, positions, names))
+
     def _updated_crops(self, order: np.ndarray, positions: np.ndarray, pixels: np.ndarray) -> np.ndarray:
         """Kept tiles move with their entries; entries new from this batch are cut."""
         k, width = self.params.top_k, self.map_size[1]

@@ -99,6 +99,16 @@ class Tsne(AnalysisMethod):
         if sum(len(c[0]) for c in self.chunks) > 2 * self.params.max_points:
             self.chunks = [self._collected()]
 
+    def merge(self, state) -> None:
+        """Another worker's images (other dataset positions) added to these.
+        The sample and the order of the embedded points come from the
+        positions alone (see :meth:`_collected`), so the collected features
+        are those of one pass over all images, whatever the merge order."""
+        self.chunks.extend(tuple(chunk) for chunk in state["chunks"])
+        self.total += int(state["total"])
+        if sum(len(c[0]) for c in self.chunks) > 2 * self.params.max_points:
+            self.chunks = [self._collected()]
+
     def _collected(self) -> tuple:
         """All kept images as one chunk: the ``max_points`` of lowest priority, in dataset order."""
         fields = list(zip(*self.chunks))  # per field, its part from each batch
@@ -116,6 +126,9 @@ class Tsne(AnalysisMethod):
         features, labels, indices, names, thumbs, _ = self._collected()
         count = len(features)
         self._check_count(count)
+        if features.shape[1] < 2:  # PCA-initialized 2-D t-SNE needs at least two feature dimensions
+            raise InputError(f"tsne: layer {self.layer!r} gives {features.shape[1]} feature per image; t-SNE needs at "
+                             "least 2: choose a layer with more channels (--layer)")
         dims = min(self.params.pca_dims, count, features.shape[1])
         pca = PCA(n_components=dims, random_state=self.params.seed)
         tsne = TSNE(n_components=2, perplexity=self.params.perplexity, max_iter=self.params.max_iter, init="pca",

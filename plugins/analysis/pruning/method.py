@@ -114,6 +114,15 @@ class Pruning(AnalysisMethod):
         self._seen += len(reference)
         self._labelled += int(labelled.sum())
 
+    def merge(self, state) -> None:
+        """Another worker's counts added: counts over disjoint images sum."""
+        if np.shape(state["_agree"]) != self._agree.shape:
+            raise self.error("a partial state of other sparsities cannot be merged")
+        self._agree = self._agree + np.asarray(state["_agree"], np.int64)
+        self._correct = self._correct + np.asarray(state["_correct"], np.int64)
+        self._seen += int(state["_seen"])
+        self._labelled += int(state["_labelled"])
+
     def _pruned_logits(self, inputs: np.ndarray, cut) -> np.ndarray:
         # pruned copies made before the swap: on a torch model a layer's array shows the live weights
         pruned = {layer.name: prune(layer.weight, cut, index) for index, layer in enumerate(self.layers)}
