@@ -133,7 +133,8 @@ def test_image_regions_from_json_masks_and_exif(tmp_path):
     Image.new("RGB", (40, 20)).save(tmp_path / "turned.jpg", exif=exif)
     (tmp_path / "boxes.json").write_text(json.dumps({"turned.jpg": [[0, 0, 10, 20]], "wide.png": [[0, 0, 40, 20]]}))
     table = regions.read_boxes(str(tmp_path / "boxes.json"))
-    both = regions.image_regions([str(tmp_path / "turned.jpg"), str(tmp_path / "wide.png")], (4, 4), table)
+    both = regions.image_regions([str(tmp_path / "turned.jpg"), str(tmp_path / "wide.png")], (4, 4),
+                                 str(tmp_path / "boxes.json"))
     expected = np.zeros((4, 4), dtype=bool)
     expected[:2, :2] = True  # left half of the width, top half of the height
     assert both[0].tolist() == expected.tolist() and both[1].all()
@@ -142,7 +143,11 @@ def test_image_regions_from_json_masks_and_exif(tmp_path):
     with pytest.raises(InputError, match="bare.mask.png"):
         regions.image_regions([str(tmp_path / "bare.png")], (4, 4))
     with pytest.raises(InputError, match="no entry for 'bare.png'"):
-        regions.image_regions([str(tmp_path / "bare.png")], (4, 4), table)
+        regions.image_regions([str(tmp_path / "bare.png")], (4, 4), boxes=table)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "bare.mask.png").write_bytes((tmp_path / "wide.mask.png").read_bytes())
+    assert regions.image_regions([str(tmp_path / "bare.png")], (4, 4), str(masks)).tolist() == from_mask.tolist()
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         regions.read_boxes(str(tmp_path / "bad.json"))

@@ -10,8 +10,9 @@ Two formats (the README's Evaluate section shows them):
   top-left corner of the image, edges as continuous coordinates (a box
   ``[0, 0, 2, 1]`` covers the two top-left pixels). An image's region is the
   union of its boxes.
-- a mask PNG beside each image, ``NAME.mask.png`` for ``NAME.jpg`` (any
-  extension): non-zero pixels are the object.
+- a mask PNG per image, ``NAME.mask.png`` for ``NAME.jpg`` (any
+  extension), beside the image or in a folder given instead of the JSON:
+  non-zero pixels are the object.
 
 cnnviz preprocesses an image by resizing it whole to the model's input size
 (no crop, :func:`cnnviz_core.images.resize`), so a box maps by scaling each
@@ -91,26 +92,35 @@ def read_boxes(path: str) -> dict[str, list]:
     return table
 
 
-def image_regions(sources: Sequence[str], input_size: tuple[int, int], boxes: Mapping[str, list] | None = None) -> np.ndarray:
-    """(B, h, w) boolean regions for image files: from ``boxes`` (a table
-    read by :func:`read_boxes`) when given, else from each image's mask PNG.
-    An image with neither is an InputError naming both ways to give one."""
+def image_regions(sources: Sequence[str | None], input_size: tuple[int, int], annotations: str | None = None,
+                  boxes: Mapping[str, list] | None = None) -> np.ndarray:
+    """(B, h, w) boolean regions for image files. ``annotations``: a JSON
+    file of boxes, a folder of ``NAME.mask.png`` masks, or None for masks
+    beside the images; ``boxes``: the JSON's table when read already. An
+    image with no region is an InputError naming the ways to give one."""
+    if boxes is None and annotations is not None and not os.path.isdir(annotations):
+        boxes = read_boxes(annotations)
     regions = []
     for source in sources:
         if not isinstance(source, (str, os.PathLike)) or images.is_sample(source):
-            raise InputError(f"localization metrics need image files with boxes or masks; {source!r} is not a file")
+            raise InputError(f"localization metrics need image files with boxes or masks; {source!r} is not a file "
+                             "(give --image FILE or --dataset DIR, with a boxes JSON or NAME.mask.png masks)")
         source = os.fspath(source)
+        name = os.path.basename(source)
         if boxes is not None:
-            found = boxes.get(source, boxes.get(os.path.basename(source)))
+            found = boxes.get(source, boxes.get(name))
             if found is None:
-                raise InputError(f"the boxes file has no entry for {os.path.basename(source)!r}; "
-                                 f"add one ({{\"{os.path.basename(source)}\": [[x0, y0, x1, y1]]}})")
+                raise InputError(f"the boxes file has no entry for {name!r}; add one "
+                                 f"({{\"{name}\": [[x0, y0, x1, y1]]}})")
             regions.append(boxes_mask(found, upright_size(source), input_size))
             continue
-        path = mask_path(source)
+        path = mask_path(source) if annotations is None else os.path.join(annotations, os.path.basename(mask_path(source)))
         if not os.path.exists(path):
-            raise InputError(f"no box or mask for {source}: put a mask beside it ({os.path.basename(path)}, "
-                             "non-zero on the object) or give a JSON file of boxes")
-        with Image.open(path) as mask:
-            regions.append(mask_at_size(mask, input_size))
+            raise InputError(f"no box or mask for {source}: put a mask at {path} (non-zero on the object) "
+                             "or give a JSON file of boxes")
+        try:
+            with Image.open(path) as mask:
+                regions.append(mask_at_size(mask, input_size))
+        except (OSError, SyntaxError, ValueError) as error:
+            raise InputError(f"cannot read the mask {path}: {error}") from None
     return np.stack(regions)
