@@ -42,6 +42,7 @@ from .pixel_arrays import NormalizedBatch
 from .model_facts import CamHead, ForwardRunner, ReceptiveField, Span, WeightLayer, WeightLayerNotFoundError
 from .method import Attribution, AttributionMethod, AttributionParams, Method, MethodParams, param
 from .metric import Metric, MetricBatch, MetricParams, MetricResult, MetricScores, PerturbationParams
+from .evaluation import Evaluation, evaluate
 from .registry import get_registry, reset_registry
 from .results import AttributionResult
 from .results_analysis import AnalysisResult
@@ -66,6 +67,7 @@ __all__ = [
     "NormalizedBatch", "preprocess",
     # evaluation metrics (kind "metric"): the base class, what it is given and returns; cnnviz evaluate
     "Metric", "MetricBatch", "MetricParams", "MetricResult", "MetricScores", "PerturbationParams",
+    "Evaluation", "evaluate",
     # dataset runs: attribution maps of a whole dataset in one resumable store
     "StoredResults", "open_results", "run_dataset",
     # for plugins: targets, score selection, pictures
