@@ -11,7 +11,7 @@ import cnnviz_core
 from cnnviz_core import MetricBatch
 from cnnviz_plugins.evaluation.model_randomization import ModelRandomization
 from cnnviz_plugins.evaluation.random_logit import RandomLogit
-from cnnviz_plugins.evaluation.support.rank_similarity import ssim
+from cnnviz_plugins.evaluation.support.rank_similarity import spearman, ssim
 
 from conftest import hook_total, small_torch_adapter, state_copy, states_equal
 from metric_batches import method_batch, sobel_batch
@@ -40,6 +40,23 @@ def test_cascading_randomization_decorrelates_gradcam_but_not_an_edge_detector(l
     sobel = metric.evaluate(sobel_batch(batch))
     assert sobel.curves["spearman"].tolist() == [[1.0, 1.0, 1.0]] and sobel.curves["ssim"].tolist() == [[1.0, 1.0, 1.0]]
     assert states_equal(before, state_copy(lite0.module)) and hook_total(lite0.module) == 0
+
+
+def test_randomization_by_hand_on_a_linear_model():
+    # saliency of a linear model is max over colours of |W_class|: with the one weight layer randomized the
+    # map is the same expression of the random weight, so both similarities follow from the two weights alone
+    net = LinearNet(height=8, width=8, classes=2, seed=1)
+    adapter = cnnviz_core.load_model(net, input_size=(8, 8))
+    inputs = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    batch = method_batch("saliency", adapter, inputs, ["x"], target=[1])
+    metric = randomization(adapter, layers=0)
+    result = metric.evaluate(batch)
+    trained = np.abs(net.fc.weight.detach().numpy()[1].reshape(3, 8, 8)).max(axis=0)
+    random = np.abs(metric.random["fc"][1].reshape(3, 8, 8)).max(axis=0)
+    assert metric.random["fc"].std() == pytest.approx(net.fc.weight.detach().numpy().std(), rel=0.1)
+    assert result.curves["spearman"][0, 0] == pytest.approx(spearman(trained, random))
+    assert result.curves["ssim"][0, 0] == pytest.approx(ssim(trained, random))
+    assert abs(result.scores[0]) < 0.3  # independent weights: no rank correlation to speak of
 
 
 def test_plans_cascade_from_the_top_and_independent_one_layer_each():
