@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from . import api, atomic, render
+from .cli_evaluate import add_evaluate_parser, cmd_evaluate
 from .errors import CnnvizError, InputError
 from .model_options import add_model_flags, model_options
 from .output_paths import check_output_file, check_output_folder
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also run every method that applies on the model's ONNX export (default: yes)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar (also: CNNVIZ_PROGRESS=0)")
 
+    add_evaluate_parser(commands)  # cnnviz evaluate: metrics over methods (cnnviz_core/cli_evaluate.py)
     export = commands.add_parser("export-onnx", help="export a torch model to ONNX with a preprocessing sidecar")
     export.add_argument("model")
     export.add_argument("output", help="path of the .onnx file to write (its sidecar is OUTPUT.json)")
@@ -341,7 +343,8 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"methods": cmd_methods, "models": cmd_models, "plugins": cmd_plugins, "run": cmd_run,
-            "demo": cmd_demo, "export-onnx": cmd_export, "dataset-run": cmd_dataset_run}
+            "demo": cmd_demo, "export-onnx": cmd_export, "dataset-run": cmd_dataset_run,
+            "evaluate": cmd_evaluate}
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
