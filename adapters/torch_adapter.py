@@ -128,6 +128,10 @@ class TorchAdapter(ModelAdapter):
         import torch
 
         if self._default_layer is None:
+            from .torch_model import tokens
+
+            self._default_layer = tokens.token_model(self).default_layer  # a transformer's late token layer
+        if self._default_layer is None:
             finished: list[str] = []
 
             def make_hook(name):
@@ -152,7 +156,8 @@ class TorchAdapter(ModelAdapter):
         modules = {name: self.get_layer(name) for name in names}
         with capture_outputs(modules) as outputs, self.session(), torch.inference_mode():
             self.module(self.tensor(self._dummy()))
-        return {name: tuple(outputs[name].shape) for name in names if isinstance(outputs.get(name), torch.Tensor)}
+        shapes = {name: tuple(outputs[name].shape) for name in names if isinstance(outputs.get(name), torch.Tensor)}
+        return {name: self._as_map_shape(name, shape) for name, shape in shapes.items()}  # token layers as maps
 
     def weights(self) -> dict[str, np.ndarray]:
         """The parameters by name, read-only (views on the CPU: writing to them
@@ -184,6 +189,15 @@ class TorchAdapter(ModelAdapter):
         from .torch_model import stages
 
         return self._remembered("stages", lambda: stages.stage_outputs(self))
+
+    def feature_layout(self, layer: str):
+        from .torch_model import tokens
+
+        return tokens.token_model(self).layouts.get(layer)
+
+    def _as_map_shape(self, layer: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        layout = self.feature_layout(layer)
+        return layout.map_shape(shape) if layout is not None else shape
 
     def classifier_input_layer(self) -> str | None:
         from .torch_model import classifier_input
@@ -244,7 +258,8 @@ class TorchAdapter(ModelAdapter):
             if not isinstance(output, torch.Tensor):
                 what = "did not run in the forward pass" if name not in captured else f"returns {type(output).__name__}, not a tensor"
                 raise InputError(f"layer {name!r} {what}")
-            arrays[name] = output.float().cpu().numpy()
+            layout = self.feature_layout(name)  # token and channels-last layers as (B, C, h, w) maps
+            arrays[name] = (layout.to_map(output) if layout is not None else output).float().cpu().numpy()
         return logits.float().cpu().numpy(), arrays
 
     @contextlib.contextmanager

@@ -101,6 +101,13 @@ class ModelAdapter(abc.ABC):
     def default_layer(self) -> str:
         """The last spatial feature layer: Grad-CAM's default."""
 
+    def feature_layout(self, layer: str):
+        """How ``layer``'s output becomes a (B, C, h, w) feature map: a
+        :class:`cnnviz_core.feature_layout.FeatureLayout` for token (B, N, C)
+        and channels-last (B, h, w, C) layers, None for a layer whose output
+        already is a map (or is no map at all). Default: None."""
+        return None
+
     def check_layer(self, layer: str) -> str:
         names = self.layers()
         if layer not in names:

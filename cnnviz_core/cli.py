@@ -155,11 +155,9 @@ def cmd_methods(args) -> int:
 
 def cmd_models(args) -> int:
     if args.layers:
-        adapter = _load(args.layers)
-        default = adapter.default_layer()
-        for name in adapter.layers():
-            print(f"{name}{'   (default target layer)' if name == default else ''}")
-        return 0
+        from .cli_models import print_layers
+
+        return print_layers(_load(args.layers))
     registry = get_registry()
     for name in api.models(args.pattern):
         print(f"{name:<24} {registry.models[name].description}")

@@ -30,9 +30,12 @@ def cam_head(adapter) -> CamHead:
     # Only maps with as many channels as some Linear takes can feed a classifier:
     # averaging every module's output would cost several forward passes.
     widths = {m.in_features for m in modules.values() if isinstance(m, nn.Linear)}
+    layouts = {name: adapter.feature_layout(name) for name in modules}  # token layers (Swin's, a ViT's) as maps
 
     def make_hook(name):
         def hook(module, inputs, output):
+            if layouts[name] is not None and isinstance(output, torch.Tensor):
+                output = layouts[name].to_map(output)
             if isinstance(module, nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
                 events.append((name, "linear", inputs[0].detach().double().reshape(len(inputs[0]), -1).cpu().numpy()))
             elif (

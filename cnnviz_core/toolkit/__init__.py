@@ -17,6 +17,10 @@ Base classes: override one step
     :class:`CAMParams`; :class:`InputGradient` (∂score/∂input; set ``rule`` or
     override ``maps_from``) with :class:`GradientParams`; :func:`backward_rule`
     (guided / deconvnet ReLU backward) and its :class:`RuleReport`.
+Attention (transformers)
+    :func:`attention_modules` (the blocks whose probabilities can be read),
+    :func:`attention_probabilities` (record them; fused attention off),
+    :func:`unfused_attention`.
 Features and images
     :func:`read_layers` (layers' outputs from a forward that stops after the
     deepest one), :class:`LayerFeatures` (the same, checked once per model),
@@ -54,6 +58,7 @@ from typing import TYPE_CHECKING
 # public name → the submodule that defines it
 _SOURCES = {
     "RuleReport": "backward_rules", "backward_rule": "backward_rules",
+    "attention_modules": "attention", "attention_probabilities": "attention", "unfused_attention": "attention",
     "gaussian_blur": "blur",
     "CAMParams": "gradient_cam", "GradientCAM": "gradient_cam",
     "capture_outputs": "hooks", "eval_mode": "hooks", "forward_hooks": "hooks", "frozen_parameters": "hooks",
@@ -65,8 +70,8 @@ _SOURCES = {
 
 __all__ = [
     "CAMParams", "GradientCAM", "GradientParams", "InputGradient", "LayerFeatures", "RuleReport",
-    "backward_rule", "capture_outputs", "class_scores", "eval_mode", "forward_hooks", "frozen_parameters",
-    "gaussian_blur", "gradient_root", "hook_count", "neuron_score", "read_layers", "target_scores",
+    "attention_modules", "attention_probabilities", "backward_rule", "capture_outputs", "class_scores", "eval_mode", "forward_hooks", "frozen_parameters",
+    "gaussian_blur", "gradient_root", "hook_count", "neuron_score", "read_layers", "target_scores", "unfused_attention",
 ]
 
 
@@ -84,6 +89,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names, eagerly
+    from .attention import attention_modules, attention_probabilities, unfused_attention
     from .backward_rules import RuleReport, backward_rule
     from .blur import gaussian_blur
     from .gradient_cam import CAMParams, GradientCAM

@@ -38,6 +38,7 @@ class GradientCAM(AttributionMethod):
     def setup(self) -> None:
         self.layer = self.params.layer or self.adapter.default_layer()
         self.layer_module = self.adapter.get_layer(self.layer)
+        self.layout = self.adapter.feature_layout(self.layer)  # token / channels-last layers read as (B, C, h, w)
 
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """Per-channel weights (b, K, 1, 1) — or per-position (b, K, h, w) —
@@ -52,7 +53,7 @@ class GradientCAM(AttributionMethod):
         module = self.adapter.module
         # Parameters frozen and the layer output made a leaf: the graph starts
         # at the layer, so the backward stops there and computes no weight grads.
-        with frozen_parameters(module), gradient_root(self.layer_module, self.layer) as captured, torch.enable_grad():
+        with frozen_parameters(module), gradient_root(self.layer_module, self.layer, self.layout) as captured, torch.enable_grad():
             logits = module(self.adapter.tensor(inputs))
             if self.layer not in captured:
                 raise self.error(f"layer {self.layer!r} did not run in the forward pass")

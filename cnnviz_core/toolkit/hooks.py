@@ -47,10 +47,13 @@ def capture_outputs(modules: dict[str, nn.Module], protect: bool = False) -> Ite
 
 
 @contextlib.contextmanager
-def gradient_root(module: nn.Module, name: str) -> Iterator[dict[str, torch.Tensor]]:
+def gradient_root(module: nn.Module, name: str, layout=None) -> Iterator[dict[str, torch.Tensor]]:
     """Make ``module``'s output the root of the autograd graph: it becomes a leaf
     that requires grad, so a backward from the score stops there. Used with
-    :func:`frozen_parameters`, nothing before the layer builds a graph."""
+    :func:`frozen_parameters`, nothing before the layer builds a graph.
+    With a ``layout`` (the adapter's ``feature_layout(name)`` for token or
+    channels-last layers) the leaf is the (B, C, h, w) map and the forward
+    runs on, from the map put back in the layer's layout."""
     import torch
 
     captured: dict[str, torch.Tensor] = {}
@@ -59,6 +62,10 @@ def gradient_root(module: nn.Module, name: str) -> Iterator[dict[str, torch.Tens
         def hook(_module, _inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {layer_name!r} returns {type(output).__name__}, not a tensor")
+            if layout is not None:  # the map is the leaf; prefix tokens go on as constants
+                leaf = layout.to_map(output.detach()).contiguous().requires_grad_(True)
+                captured[layer_name] = leaf
+                return layout.from_map(leaf, output.detach())
             leaf = output.detach().requires_grad_(True)
             captured[layer_name] = leaf
             # A clone, so that an in-place op after the layer (ReLU(inplace=True))
