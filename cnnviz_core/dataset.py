@@ -205,7 +205,8 @@ class Dataset:
 
 
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+    # NAME.mask.png beside an image is its object mask (localization metrics), not an image of the dataset
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".") and not name.lower().endswith(".mask.png")
 
 
 def _pairs(source: Iterable) -> Iterator[tuple[Any, int]]:

@@ -6,6 +6,7 @@ own preprocessing to the model's input."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -95,3 +96,9 @@ def test_inputs_without_files_or_annotations_are_refused(square):
     elsewhere.annotations = str(square[1]).replace("boxes.json", "missing.json")
     with pytest.raises(InputError, match="cannot read the boxes file"):
         metric(RelevanceMass, adapter).evaluate(elsewhere)
+
+
+def test_a_dataset_folder_leaves_the_masks_beside_its_images_out(square):
+    path, _ = square
+    dataset = cnnviz_core.Dataset.from_spec(os.path.dirname(path))
+    assert len(dataset) == 1 and dataset.entry(0)[0] == path

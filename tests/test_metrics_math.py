@@ -115,6 +115,8 @@ def test_boxes_scale_to_the_input_by_pixel_centres():
     assert region.sum() == 25 and region[:5, 5:].all()
     # two boxes: their union
     assert regions.boxes_mask([[0, 0, 1, 1], [3, 3, 4, 4]], (4, 4), (4, 4)).sum() == 2
+    with pytest.raises(InputError, match="four numbers"):
+        regions.boxes_mask([[0, 0, "right", 1]], (4, 4), (4, 4))
     with pytest.raises(InputError, match="x1 > x0"):
         regions.boxes_mask([[2, 0, 1, 1]], (4, 4), (4, 4))
 

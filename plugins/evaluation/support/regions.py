@@ -12,7 +12,8 @@ Two formats (the README's Evaluate section shows them):
   union of its boxes.
 - a mask PNG per image, ``NAME.mask.png`` for ``NAME.jpg`` (any
   extension), beside the image or in a folder given instead of the JSON:
-  non-zero pixels are the object.
+  non-zero pixels are the object (a dataset folder does not take
+  ``*.mask.png`` files for images).
 
 cnnviz preprocesses an image by resizing it whole to the model's input size
 (no crop, :func:`cnnviz_core.images.resize`), so a box maps by scaling each
@@ -47,9 +48,10 @@ def boxes_mask(boxes: Sequence[Sequence[float]], original_size: tuple[int, int],
     xs = (np.arange(cols) + 0.5) * width / cols
     region = np.zeros((rows, cols), dtype=bool)
     for box in boxes:
-        if len(box) != 4:
-            raise InputError(f"a box is [x0, y0, x1, y1], got {list(box)}")
-        x0, y0, x1, y1 = (float(v) for v in box)
+        try:
+            x0, y0, x1, y1 = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise InputError(f"a box is four numbers [x0, y0, x1, y1], got {box!r}") from None
         if not (x1 > x0 and y1 > y0):
             raise InputError(f"a box [x0, y0, x1, y1] needs x1 > x0 and y1 > y0, got {list(box)}")
         region |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
