@@ -204,9 +204,11 @@ def placed(adapter: ModelAdapter, scheduler: Scheduler) -> Iterator[Scheduler]:
                               MethodWarning, stacklevel=3)
                 scheduler = scheduler.on_cpu()
                 adapter.to("cpu")
+        if scheduler.device.is_cuda:  # out of memory at a batch of 1 under auto: on to the CPU, put back below
+            scheduler.cpu_fallback = lambda: adapter.to("cpu")
         yield scheduler
     finally:
-        if moving:
+        if moving or adapter.device != previous:
             adapter.to(previous)
 
 
@@ -217,4 +219,6 @@ def _instance(method_class: type[Method], adapter: ModelAdapter, params: dict, d
     method_params = method_class.make_params(**params)
     scheduler = scheduler_for(adapter, device, scheduler)
     adapter.to(scheduler.device_name)
+    if scheduler.device.is_cuda:  # the caller's own model: out of memory at a batch of 1 under auto moves it to the CPU
+        scheduler.cpu_fallback = lambda: adapter.to("cpu")
     return method_class(adapter, method_params, scheduler)

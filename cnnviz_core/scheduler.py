@@ -1,14 +1,18 @@
 """Runs a method's work in batches on the chosen device: splits inputs from a
-batch-size hint, halves the batch on out-of-memory and retries down to 1,
-reports each finished batch, and shows progress on long runs."""
+batch-size hint, on a GPU fits the batch to a measured per-item memory cost
+(cnnviz_core.memory_budget), halves the batch on out-of-memory and retries
+down to 1, then (under ``auto``, where the model's owner allows it) goes on
+on the CPU; reports each finished batch, and shows progress on long runs."""
 
 from __future__ import annotations
 
 import gc
+import warnings
 from typing import Callable, TypeVar
 
 from .devices import DeviceInfo, DeviceInventory
-from .errors import OutOfMemoryError
+from .errors import MethodWarning, OutOfMemoryError
+from .memory_budget import PROBE_ITEMS, DeviceMemory, Measurement, default_memory, fitting_batch
 from .progress import Progress, progress_default
 
 T = TypeVar("T")
@@ -36,9 +40,16 @@ def is_out_of_memory(error: BaseException) -> bool:
 class Scheduler:
     """Device choice and batched execution with out-of-memory back-off.
 
-    ``inventory`` and ``oom_check`` are injectable so the GPU logic is tested on
-    machines without a GPU. ``prefer``: the device the model already is on,
-    which ``auto`` keeps when it is a GPU.
+    ``inventory``, ``oom_check`` and ``memory`` (a DeviceMemory measuring the
+    GPU; default: torch's allocator on a real GPU) are injectable so the GPU
+    logic is tested on machines without a GPU. ``prefer``: the device the
+    model already is on, which ``auto`` keeps when it is a GPU.
+
+    ``cpu_fallback``: set by whoever placed the model on the GPU (a callable
+    that moves that model, a run's placement or a worker's replica, to the
+    CPU). Under ``auto``, an out-of-memory error at a batch of 1 then calls it
+    and the job goes on on the CPU with a MethodWarning; without it, or with
+    an explicit GPU, the error is an OutOfMemoryError saying what to do.
     """
 
     def __init__(
@@ -48,11 +59,16 @@ class Scheduler:
         oom_check: Callable[[BaseException], bool] = is_out_of_memory,
         progress: bool | None = None,
         prefer: str | None = None,
+        memory: DeviceMemory | None = None,
     ):
         self.inventory = inventory or DeviceInventory.detect()
         self.requested = (device or "auto").strip().lower()
         self.device: DeviceInfo = self.inventory.choose(device, prefer=prefer)
         self.oom_check = oom_check
+        self.memory_probe = memory if memory is not None else default_memory(self.device.name)
+        self.measurements: list[Measurement] = []  # batches chosen from measured memory, for reports and tests
+        self.cpu_fallback: Callable[[], None] | None = None
+        self._probing = 0  # measurements running: a nested job then runs unmeasured inside its caller's
         self.progress = progress_default(progress)  # None: off, unless $CNNVIZ_PROGRESS
         self.backoffs: list[int] = []  # batch sizes abandoned after OOM, for reports and tests
         # Nested map_batches calls (a method batching windows inside an image
@@ -90,12 +106,19 @@ class Scheduler:
         desc: str = "",
     ) -> list[T]:
         """Call ``work(start, stop)`` over ``range(total)`` in batches and return
-        the outputs in order. On out-of-memory the batch is halved and retried;
-        the smaller size is kept for the rest of the run."""
+        the outputs in order. On a GPU the first items run alone and their
+        measured memory sets the batch; on out-of-memory the batch is halved
+        and retried; the size found is kept for later calls of the same kind."""
         if total <= 0:
             return []
         key = (desc, int(batch_size))
+        requested = int(batch_size)
         batch_size = max(1, min(int(batch_size), self._learned.get(key, int(batch_size)), total))
+        # a GPU job not measured yet: its first PROBE_ITEMS items run alone and are measured
+        probing = (self.device.is_cuda and self.memory_probe is not None and not self._probing
+                   and key not in self._learned and batch_size > PROBE_ITEMS)
+        if probing:
+            batch_size = PROBE_ITEMS
         outputs: list[T] = []
         outer = self._frames[-1] if self._frames else None
         progress = Progress(total, desc, enabled=self.progress and outer is None)
@@ -105,22 +128,32 @@ class Scheduler:
                 stop = min(total, start + batch_size)
                 self._frames.append((progress, start, stop))
                 try:
-                    output = work(start, stop)
+                    if probing:
+                        self.memory_probe.start(self.device.name)
+                        self._probing += 1
+                    try:
+                        output = work(start, stop)
+                    finally:
+                        self._probing -= int(probing)
                 except Exception as error:  # noqa: BLE001 - filtered just below
                     if not self.oom_check(error):
                         raise
                     self._release_memory()
+                    probing = False
                     if batch_size == 1:
-                        raise OutOfMemoryError(
-                            f"out of memory on {self.device.name} even with a batch of 1; "
-                            "use a smaller input size, another device (--device cpu) or free memory"
-                        ) from error
+                        if self._fall_back_to_cpu():
+                            batch_size = min(requested, total - start)
+                            continue
+                        raise OutOfMemoryError(self._advice(error)) from error
                     self.backoffs.append(batch_size)
                     batch_size = max(1, batch_size // 2)
                     self._learned[key] = batch_size
                     continue
                 finally:
                     self._frames.pop()
+                if probing:
+                    probing = False
+                    batch_size = self._measured_batch(desc, key, requested, stop - start)
                 outputs.append(output)
                 if on_batch is not None:
                     on_batch(start, stop, output)
@@ -133,9 +166,41 @@ class Scheduler:
             progress.close()
         return outputs
 
-    def _release_memory(self) -> None:
-        gc.collect()
+    def _measured_batch(self, desc: str, key: tuple[str, int], requested: int, items: int) -> int:
+        """The batch the measured first items allow; kept for later calls of the same kind."""
+        device = self.device.name
+        per_item = -(-self.memory_probe.peak(device) // items)
+        available = self.memory_probe.available(device)
+        batch = fitting_batch(per_item, available, requested)
+        self.measurements.append(Measurement(desc, items, per_item, available, batch))
+        self._learned[key] = batch
+        return batch
+
+    def _fall_back_to_cpu(self) -> bool:
+        """Under ``auto`` on a GPU, with a model that can move: move it to the
+        CPU, warn, and go on there. False where that is not allowed."""
+        if not (self.device.is_cuda and self.auto and self.cpu_fallback is not None):
+            return False
+        gpu = self.device.name
+        self.cpu_fallback()
+        self.device = self.inventory.get("cpu")
+        self.memory_probe = None
+        self._learned.clear()  # sizes learned on the GPU say nothing about the CPU
+        self._release_memory(gpu)
+        warnings.warn(f"out of memory on {gpu} even with a batch of 1; the run goes on on the CPU (slower). "
+                      "Free GPU memory or use a smaller input size to stay on the GPU", MethodWarning, stacklevel=4)
+        return True
+
+    def _advice(self, error: BaseException) -> str:
+        where = self.device.name
         if self.device.is_cuda:
+            return (f"out of memory on {where} even with a batch of 1; use --device auto (falls back to the CPU), "
+                    "--device cpu, a smaller input size, or free GPU memory")
+        return f"out of memory on {where} even with a batch of 1; use a smaller input size, another device (--device cpu) or free memory"
+
+    def _release_memory(self, device: str | None = None) -> None:
+        gc.collect()
+        if (device or self.device.name).startswith("cuda"):
             try:
                 import torch
 

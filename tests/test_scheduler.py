@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 
 from cnnviz_core.devices import DeviceInfo, DeviceInventory
@@ -348,3 +349,154 @@ def test_backoff_is_remembered_across_calls_of_the_same_kind():
     sizes.clear()
     scheduler.map_batches(work, 16, 16, desc="windows")
     assert sizes == [4, 4, 4, 4]  # no failed attempt the second time
+
+
+# -- batch sizes from measured memory, CPU fallback ------------------------------
+class FakeMemory:
+    """A DeviceMemory with the test's figures: each item of a batch allocates
+    ``per_item`` bytes on top of ``fixed``; ``free`` bytes are available."""
+
+    def __init__(self, per_item: int, free: int, fixed: int = 0):
+        self.per_item, self.free, self.fixed = per_item, free, fixed
+        self.current = self.highest = 0
+        self.starts = 0
+
+    def start(self, device):
+        self.starts += 1
+        self.highest = 0
+
+    def peak(self, device):
+        return self.highest
+
+    def available(self, device):
+        return self.free
+
+    def run(self, items: int):
+        self.highest = max(self.highest, self.fixed + items * self.per_item)
+
+
+def one_gpu() -> DeviceInventory:
+    return DeviceInventory((DeviceInfo("cuda:0", 16 * GiB, 10 * GiB), DeviceInfo("cpu")))
+
+
+@pytest.mark.parametrize("per_item,free,expected", [
+    (GiB, 10 * GiB, 8),  # 80 % of 10 GiB at 1 GiB an item
+    (GiB // 2, 10 * GiB, 16),
+    (3 * GiB, 10 * GiB, 2),
+    (20 * GiB, 10 * GiB, 1),  # not even one fits the budget: 1, and the back-off is the safety net
+    (1 << 20, 10 * GiB, 32),  # never above the method's batch
+])
+def test_gpu_batch_follows_the_measured_cost_and_free_memory(per_item, free, expected):
+    memory = FakeMemory(per_item, free)
+    sizes = []
+
+    def work(start, stop):
+        memory.run(stop - start)
+        sizes.append(stop - start)
+        return list(range(start, stop))
+
+    scheduler = make_scheduler(device="cuda:0", inventory=one_gpu(), memory=memory)
+    outputs = scheduler.map_batches(work, 60, 32, desc="job")
+    assert [i for part in outputs for i in part] == list(range(60))
+    assert sizes[0] == 2  # the probe: its output is kept, not recomputed
+    assert set(sizes[1:-1]) <= {expected} and sizes[1] == min(expected, 58)
+    (measured,) = scheduler.measurements
+    assert (measured.per_item, measured.available, measured.batch) == (per_item, free, expected)
+    again = []
+    scheduler.map_batches(lambda a, b: again.append(b - a), 40, 32, desc="job")
+    assert again[0] == min(expected, 40) and memory.starts == 1  # learned: measured once per kind of job
+
+
+def test_fixed_cost_counts_against_the_items_of_the_probe():
+    memory = FakeMemory(per_item=GiB, free=10 * GiB, fixed=2 * GiB)  # probe of 2: 4 GiB, 2 GiB an item
+    scheduler = make_scheduler(device="cuda:0", inventory=one_gpu(), memory=memory)
+    scheduler.map_batches(lambda a, b: memory.run(b - a), 20, 32)
+    assert scheduler.measurements[0].per_item == 2 * GiB and scheduler.measurements[0].batch == 4
+
+
+def test_a_nested_job_runs_unmeasured_inside_its_callers_measurement():
+    memory = FakeMemory(per_item=GiB, free=10 * GiB)
+
+    def outer(start, stop):
+        return scheduler.map_batches(lambda a, b: memory.run((stop - start) * (b - a)), 16, 16, desc="inner")
+
+    scheduler = make_scheduler(device="cuda:0", inventory=one_gpu(), memory=memory)
+    scheduler.map_batches(outer, 10, 8, desc="outer")
+    assert [m.desc for m in scheduler.measurements][0] == "outer"
+    assert scheduler.measurements[0].per_item == 16 * GiB  # the inner work counted in the outer item's cost
+
+
+def test_cpu_and_unmeasured_gpus_keep_the_methods_batch():
+    sizes = []
+    make_scheduler(device="cpu").map_batches(lambda a, b: sizes.append(b - a), 10, 4)
+    make_scheduler(device="cuda:0", inventory=one_gpu()).map_batches(lambda a, b: sizes.append(b - a), 10, 4)
+    assert sizes == [4, 4, 2, 4, 4, 2]  # no GPU here: no measurement is made up
+
+
+def gradcam_on(scheduler, adapter, inputs):
+    from cnnviz_core import get_registry
+    from cnnviz_core.targets import parse_targets
+
+    cls = get_registry().method("gradcam")
+    method = cls(adapter, cls.make_params(batch_size=4), scheduler)
+    return method.run(inputs, parse_targets(None, len(inputs), adapter.num_classes, adapter.labels))
+
+
+def oom_on_the_gpu(adapter, scheduler, monkeypatch):
+    """The model 'runs out of memory' whenever the scheduler says it is on a GPU
+    (the method's one-off checks before its batches ran on a CPU run first)."""
+    forward = adapter.module.forward
+
+    def guarded(*args, **kwargs):
+        if scheduler.device.is_cuda:
+            raise FakeOOM("CUDA out of memory (simulated)")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(adapter.module, "forward", guarded)
+
+
+def test_out_of_memory_at_batch_one_under_auto_goes_on_on_the_cpu(monkeypatch):
+    from conftest import small_torch_adapter
+
+    from cnnviz_core.errors import MethodWarning
+
+    adapter = small_torch_adapter()
+    inputs = np.random.default_rng(1).normal(size=(6, 3, 32, 32)).astype(np.float32)
+    expected = gradcam_on(make_scheduler(device="cpu"), adapter, inputs)
+    scheduler = make_scheduler(inventory=one_gpu(), oom_check=fake_oom_check, memory=FakeMemory(GiB, 10 * GiB))
+    assert scheduler.device_name == "cuda:0" and scheduler.auto
+    moved = []
+    scheduler.cpu_fallback = lambda: moved.append(adapter.device)  # the placement's own model moves, once
+    oom_on_the_gpu(adapter, scheduler, monkeypatch)
+    with pytest.warns(MethodWarning, match="out of memory on cuda:0.*on the CPU"):
+        result = gradcam_on(scheduler, adapter, inputs)
+    assert moved == ["cpu"] and scheduler.device_name == "cpu"
+    assert scheduler.backoffs == [2]  # the probe of 2, then 1, then the CPU
+    assert np.array_equal(result.maps, expected.maps) and np.array_equal(result.classes, expected.classes)
+
+
+def test_out_of_memory_at_batch_one_on_an_explicit_gpu_says_what_to_do(monkeypatch):
+    from conftest import small_torch_adapter
+
+    adapter = small_torch_adapter()
+    inputs = np.zeros((3, 3, 32, 32), np.float32)
+    gradcam_on(make_scheduler(device="cpu"), adapter, inputs)  # the checks before the batches, done once per model
+    for device, hook in (("cuda:0", True), ("auto", False)):  # explicit GPU; auto, but no owner to move the model
+        scheduler = make_scheduler(device=device, inventory=one_gpu(), oom_check=fake_oom_check)
+        moved = []
+        if hook:
+            scheduler.cpu_fallback = lambda: moved.append(True)
+        with monkeypatch.context() as patch:
+            oom_on_the_gpu(adapter, scheduler, patch)
+            with pytest.raises(OutOfMemoryError, match=r"--device auto.*--device cpu") as info:
+                gradcam_on(scheduler, adapter, inputs)
+        assert isinstance(info.value.__cause__, FakeOOM)
+        assert moved == [] and scheduler.device_name == "cuda:0"
+
+
+def test_fitting_batch_keeps_the_margin_and_its_bounds():
+    from cnnviz_core.memory_budget import MARGIN, fitting_batch
+
+    assert fitting_batch(100, 1000, 64) == int(1000 * (1 - MARGIN)) // 100
+    assert fitting_batch(0, 1000, 64) == 64 and fitting_batch(10**9, 1, 64) == 1
+    assert fitting_batch(1, 10**12, 7) == 7
