@@ -149,7 +149,7 @@ def test_rules_are_undone_after_an_error(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(gradient_base, "target_scores", broken)  # fails between the forward and the backward
+    monkeypatch.setattr(gradient_base, "explained_scores", broken)  # fails between the forward and the backward
     with pytest.raises(RuntimeError, match="injected"):
         cnnviz_core.run("guided_backprop", adapter, pixels())
     assert "forward" not in model.act.__dict__

@@ -11,7 +11,9 @@ Hooks and temporary model changes that always undo themselves
 Score selection (one meaning per target, see ``cnnviz_core.targets``)
     :func:`class_scores` (a class's logit or probability, differentiable),
     :func:`neuron_score` (``layer:channel``: the channel's spatial mean;
-    ``layer:channel@y,x``: one unit), :func:`target_scores` (both, per input).
+    ``layer:channel@y,x``: one unit), :func:`target_scores` (both, per input),
+    :func:`explained_scores` (every target kind, callable / multilabel /
+    region / detection included, from the model's whole output).
 Base classes: override one step
     :class:`GradientCAM` (Grad-CAM's pipeline; override ``cam_weights``) with
     :class:`CAMParams`; :class:`InputGradient` (∂score/∂input; set ``rule`` or
@@ -66,12 +68,15 @@ _SOURCES = {
     "GradientParams": "input_gradient", "InputGradient": "input_gradient",
     "LayerFeatures": "layer_features", "read_layers": "layer_features",
     "class_scores": "scores", "neuron_score": "scores", "target_scores": "scores",
+    "explained_scores": "scores", "region_score": "scores", "detection_score": "scores", "detections_of": "scores",
+    "box_iou": "scores", "segmentation_logits": "scores",
 }
 
 __all__ = [
     "CAMParams", "GradientCAM", "GradientParams", "InputGradient", "LayerFeatures", "RuleReport",
     "attention_modules", "attention_probabilities", "backward_rule", "capture_outputs", "class_scores", "eval_mode", "forward_hooks", "frozen_parameters",
     "gaussian_blur", "gradient_root", "hook_count", "neuron_score", "read_layers", "target_scores", "unfused_attention",
+    "box_iou", "detection_score", "detections_of", "explained_scores", "region_score", "segmentation_logits",
 ]
 
 
@@ -97,3 +102,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names, eagerly
     from .input_gradient import GradientParams, InputGradient
     from .layer_features import LayerFeatures, read_layers
     from .scores import class_scores, neuron_score, target_scores
+    from .scores import box_iou, detection_score, detections_of, explained_scores, region_score, segmentation_logits

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, param, resolve_classes
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, param, validate_targets
 
 from .hooks import frozen_parameters, gradient_root
-from .scores import class_scores
+from .scores import explained_scores
 
 if TYPE_CHECKING:  # torch loads when a map is computed, not when a subclass is defined
     import torch
@@ -40,6 +40,11 @@ class GradientCAM(AttributionMethod):
         self.layer_module = self.adapter.get_layer(self.layer)
         self.layout = self.adapter.feature_layout(self.layer)  # token / channels-last layers read as (B, C, h, w)
 
+    def check_targets(self, targets) -> None:
+        # classes, and the targets scored from the whole output (callable, multilabel, region, detection)
+        validate_targets(targets, {"class", "top1", "callable", "multilabel", "region", "detection"}, self.name,
+                         advice="a neuron target needs a neuron method")
+
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """Per-channel weights (b, K, 1, 1) — or per-position (b, K, h, w) —
         from the layer's activations and the score's gradient, both (b, K, h, w).
@@ -62,8 +67,7 @@ class GradientCAM(AttributionMethod):
                 raise self.error(
                     f"layer {self.layer!r} outputs shape {tuple(activations.shape)}; a (B, C, H, W) feature map is needed"
                 )
-            classes = resolve_classes(targets, logits.detach().float().cpu().numpy())
-            scores = class_scores(logits, classes, self.params.score)
+            scores, classes = explained_scores(logits, targets, self.params.score, input_size=inputs.shape[-2:])
             (gradients,) = torch.autograd.grad(scores.sum(), activations)
         with torch.no_grad():
             weights = self.cam_weights(activations.detach(), gradients)

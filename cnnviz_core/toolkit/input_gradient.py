@@ -16,10 +16,10 @@ import dataclasses
 
 import numpy as np
 
-from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, Target, resolve_classes, validate_targets
+from cnnviz_core import Attribution, AttributionMethod, AttributionParams, Capability, Target, validate_targets
 
 from .hooks import capture_outputs, frozen_parameters
-from .scores import target_scores
+from .scores import explained_scores
 
 
 @dataclasses.dataclass
@@ -34,7 +34,8 @@ class InputGradient(AttributionMethod):
     requires = frozenset({Capability.GRADIENTS})
     Params = GradientParams
     batch_hint = 16
-    accepts: frozenset[str] = frozenset({"class", "top1", "neuron"})  # target kinds, see cnnviz_core.targets
+    # target kinds, see cnnviz_core.targets
+    accepts: frozenset[str] = frozenset({"class", "top1", "neuron", "callable", "multilabel", "region", "detection"})
     rule: str | None = None  # a backward rule of backward_rules.RULES ("guided", "deconvnet"), or the plain gradient
 
     def rule_context(self):
@@ -67,10 +68,6 @@ class InputGradient(AttributionMethod):
         with frozen_parameters(module), torch.enable_grad(), self.rule_context(), capture_outputs(hooked, protect=True) as outputs:
             x = self.adapter.tensor(inputs).requires_grad_(True)
             logits = module(x)
-            classes = np.array([-1 if t.kind == "neuron" else 0 for t in targets], dtype=np.int64)
-            class_rows = [i for i, t in enumerate(targets) if t.kind != "neuron"]
-            if class_rows:
-                classes[class_rows] = resolve_classes([targets[i] for i in class_rows], logits.detach()[class_rows].float().cpu().numpy())
-            objective = target_scores(targets, logits, outputs, classes, self.params.score)
+            objective, classes = explained_scores(logits, targets, self.params.score, outputs, inputs.shape[-2:])
             (gradients,) = torch.autograd.grad(objective.sum(), x)
         return gradients.float().cpu().numpy(), classes, objective.detach().float().cpu().numpy()
