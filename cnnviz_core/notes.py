@@ -16,8 +16,8 @@ NOTES = "notes.json"
 
 
 def cache_root() -> str:
-    """cnnviz's cache folder: $CNNVIZ_CACHE, else ~/.cache/cnnviz."""
-    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cnnviz")
+    """cnnviz's cache folder: $CNNVIZ_CACHE, else $XDG_CACHE_HOME/cnnviz, else ~/.cache/cnnviz."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnnviz")
 
 
 def _load() -> dict:

@@ -10,8 +10,11 @@ set to the fill, one row per box.
   (contiguous buffer), or any adapter's ``logits``.
 - :class:`IncrementalRunner` hands the boxes to an ``IncrementalOcclusion``
   (Krypton-style incremental inference, ``occlusion_incremental.py``).
-- :func:`probe_runners` times a couple of real batches on each candidate and
-  returns the fastest; the decision is remembered by key for the process.
+- :func:`probe_runners` times a few rounds of real batches on each candidate
+  and returns the fastest by median; the decision is remembered by key for
+  the process (and on disk, by ``decision_cache``).
+- Each runner reports every batch's windows and seconds to ``on_batch``
+  when set: the run's speed is checked against the remembered figure.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class BatchedOcclusion:
         self._batch = OccludedBatch(capacity, shape, device, channels_last)
         self.device = torch.device(device)
         self.batch_size = capacity  # occluded copies per forward pass
+        self.on_batch: Callable[[int, float], None] | None = None  # (windows, seconds) of each batch, when watched
 
     def clean_logits(self, images: torch.Tensor) -> np.ndarray:
         import torch
@@ -113,12 +117,20 @@ class BatchedOcclusion:
     def occluded_logits(self, image: torch.Tensor, boxes, fill: torch.Tensor) -> np.ndarray:
         import torch
 
+        began = time.perf_counter()
         with torch.inference_mode():
-            return self._forward(self._batch.fill(image, boxes, fill))
+            logits = self._forward(self._batch.fill(image, boxes, fill))
+        report(self.on_batch, len(logits), began)
+        return logits
 
     def describe(self) -> dict:
         return {"backend": self.name, "layout": "channels_last" if self._batch.channels_last else "contiguous",
                 "batch_size": self.batch_size}
+
+
+def report(on_batch: Callable[[int, float], None] | None, windows: int, began: float) -> None:
+    if on_batch is not None and windows:
+        on_batch(windows, time.perf_counter() - began)
 
 
 def batched_runner(runner, shape, capacity: int) -> BatchedOcclusion:
@@ -150,6 +162,7 @@ class IncrementalRunner:
         self.full = full
         self.device = torch.device(device)
         self.batch_size = batch_size  # windows per call
+        self.on_batch: Callable[[int, float], None] | None = None
 
     def clean_logits(self, images: torch.Tensor) -> np.ndarray:
         return self.full.clean_logits(images)
@@ -157,24 +170,32 @@ class IncrementalRunner:
     def occluded_logits(self, image: torch.Tensor, boxes, fill: torch.Tensor) -> np.ndarray:
         import torch
 
+        began = time.perf_counter()
         box_list = [tuple(int(v) for v in box) for box in np.asarray(boxes, dtype=np.int64).reshape(-1, 4)]
         with torch.inference_mode():
             logits = self.incremental.occluded_logits(image, box_list, fill, batch_size=self.batch_size)
-        return torch.as_tensor(logits).float().cpu().numpy()
+        rows = torch.as_tensor(logits).float().cpu().numpy()
+        report(self.on_batch, len(rows), began)
+        return rows
 
     def describe(self) -> dict:
         return {"backend": "incremental", "layout": "channels_last", "batch_size": self.batch_size}
 
 
 # -- choosing the fastest runner ---------------------------------------------
-PROBE_BATCHES = 2  # batches per candidate; the faster of the two counts (the first pays one-time costs)
+# Rounds of one batch per candidate, taking turns. Each candidate's figure is
+# the median of its rounds (one round slowed by a burst of load elsewhere, or
+# by first-call costs, does not decide); with only two rounds, the faster.
+PROBE_ROUNDS = 3
+MIN_PROBE_ROUNDS = 2
 
 
 @dataclasses.dataclass
 class Decision:
     chosen: str
-    probe_ms_per_window: dict[str, float]  # each candidate's best probe batch
-    how: str  # "probe", "remembered" (an earlier probe in this process), "forced", "only option", "job too small to probe"
+    probe_ms_per_window: dict[str, float]  # each candidate's median (or best of two) probe batch
+    how: str  # "probe", "remembered" (an earlier probe in this process), "remembered on disk" (an earlier process),
+    # "forced", "only option", "job too small to probe"
 
     def describe(self) -> dict:
         return {"chosen": self.chosen, "how": self.how,
@@ -197,6 +218,14 @@ def remember(key: tuple, decision: Decision) -> None:
         _decisions[key] = decision
 
 
+def forget(key: tuple) -> None:
+    """Drop one remembered decision and its batch sizes."""
+    with _decisions_lock:
+        _decisions.pop(key, None)
+        for stale in [entry for entry in _batch_sizes if entry[0] == key]:
+            del _batch_sizes[stale]
+
+
 def forget_decisions() -> None:
     """Drop every remembered runtime decision and batch size (the next run probes again)."""
     with _decisions_lock:
@@ -214,26 +243,43 @@ def remember_batch(key: tuple, size: int) -> None:
         _batch_sizes[key] = size
 
 
+def probe_rounds(windows: int, batch_sizes) -> int:
+    """Rounds a job of ``windows`` affords (up to ``PROBE_ROUNDS``): below
+    ``MIN_PROBE_ROUNDS`` it is too small to probe."""
+    return min(PROBE_ROUNDS, windows // max(1, sum(batch_sizes)))
+
+
 def probe_size(batch_sizes) -> int:
-    """Windows a probe consumes: a couple of full batches per candidate."""
-    return PROBE_BATCHES * sum(batch_sizes)
+    """Windows the smallest probe consumes: ``MIN_PROBE_ROUNDS`` full batches per candidate."""
+    return MIN_PROBE_ROUNDS * sum(batch_sizes)
+
+
+def summarize(times: list[float]) -> float:
+    """A candidate's figure from its rounds: the median of three or more, the faster of two."""
+    return float(np.median(times)) if len(times) >= 3 else min(times)
 
 
 def probe_runners(runners: dict, image: torch.Tensor, boxes: np.ndarray, fill: torch.Tensor,
-                  on_failure: Callable[[str, BaseException], None]) -> tuple[Decision, dict[int, np.ndarray]]:
-    """Run ``PROBE_BATCHES`` rounds of real batches of ``boxes`` (each runner's
-    own batch size), the runners taking turns so that a burst of load elsewhere
-    meets them alike, and pick the fastest per window by each runner's best
-    batch (load and first-call costs only ever add time). Returns the decision
-    and the logits computed on the way, by index into ``boxes``: nothing is
-    wasted. A runner that raises is reported to ``on_failure`` and dropped."""
-    timings: dict[str, float] = {}
+                  on_failure: Callable[[str, BaseException], None], rounds: int | None = None
+                  ) -> tuple[Decision, dict[int, np.ndarray]]:
+    """Run ``rounds`` rounds (default: as many as ``boxes`` affords, up to
+    ``PROBE_ROUNDS``) of one real batch of ``boxes`` per runner (each its own
+    batch size), the runners taking turns so that a burst of load elsewhere
+    meets them alike, and pick the fastest per window by each runner's
+    summarized rounds (:func:`summarize`). Returns the decision and the logits computed
+    on the way, by index into ``boxes``: nothing is wasted. A runner that
+    raises is reported to ``on_failure`` and dropped."""
+    if rounds is None:
+        rounds = max(1, probe_rounds(len(boxes), [runner.batch_size for runner in runners.values()]))
+    times: dict[str, list[float]] = {}
     logits: dict[int, np.ndarray] = {}
     live = dict(runners)
     start = 0
-    for _ in range(PROBE_BATCHES):
+    for _ in range(rounds):
         for name, runner in list(live.items()):
             chunk = boxes[start : start + runner.batch_size]
+            if not len(chunk):
+                break
             try:
                 began = time.perf_counter()
                 rows = runner.occluded_logits(image, chunk, fill)
@@ -241,14 +287,15 @@ def probe_runners(runners: dict, image: torch.Tensor, boxes: np.ndarray, fill: t
             except Exception as error:  # noqa: BLE001 - a runtime failing at run time is dropped, not fatal
                 on_failure(name, error)
                 live.pop(name)
-                timings.pop(name, None)
+                times.pop(name, None)
                 continue
             for offset, row in enumerate(rows):
                 logits[start + offset] = row
             start += len(chunk)
-            timings[name] = min(timings.get(name, float("inf")), 1000 * elapsed / max(1, len(chunk)))
-    if not timings:
+            times.setdefault(name, []).append(1000 * elapsed / max(1, len(chunk)))
+    if not times:
         raise RuntimeError("every occlusion runtime failed during the probe")
+    timings = {name: summarize(values) for name, values in times.items()}
     chosen = min(timings, key=timings.get)
     return Decision(chosen, timings, "probe"), logits
 

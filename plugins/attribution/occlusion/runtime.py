@@ -7,12 +7,17 @@ other adapter its ``logits``), and incremental inference where the adapter
 has a torch module (the ``gradients`` capability). ``--runtime`` and
 ``--incremental`` force or exclude them. In auto mode the costly candidates
 (an export, a trace) are only built once a job has enough windows to time a
-couple of batches on each; the fastest is kept for the run and remembered for
-later runs in the process.
+few rounds of batches on each; the fastest (by median) is kept for the run,
+remembered for later runs in the process and, with the tuned batch size, on
+disk for later processes (``decision_cache``: keyed by weights, input,
+window, runtime versions, CPU and thread count). A run on a remembered
+decision checks its own speed against the remembered figure: a departure of
+more than ``DEPARTURE`` times either way forgets the decision, here and on
+disk, so the next windows (or the next process) probe again.
 
 Everything decided is written into ``metadata`` (the result's metadata):
 the runner, how it was chosen, the probe's per-window timings, the ONNX cache
-entry, why incremental inference was or was not used."""
+entry, why incremental inference was or was not used, the speed check."""
 
 from __future__ import annotations
 
@@ -23,11 +28,14 @@ import numpy as np
 
 from cnnviz_core import Capability, InputError, MethodError, MethodWarning, notes
 
+from cnnviz_plugins.attribution.occlusion import decision_cache
 from cnnviz_plugins.attribution.occlusion.backends import (
     BATCH_LADDER,
     Decision,
     IncrementalRunner,
     batched_runner,
+    forget,
+    probe_rounds,
     probe_runners,
     probe_size,
     remember,
@@ -46,6 +54,12 @@ INCREMENTAL_WORTH = 0.9
 INCREMENTAL_BATCH = 32  # windows per incremental call: its patches are small, larger batches amortize them
 RUNTIME_RUNNERS = {"torch": "torch", "onnx": "onnxruntime"}  # --runtime → the forward runner it names
 _engines = EngineCache(size=2)  # traced models, by module (weakly), weights and shape
+# A run on a remembered decision times its first WATCH_BATCHES full batches;
+# their median more than DEPARTURE times off the remembered figure (either way:
+# load came or went) sends the decision back to a probe.
+WATCH_BATCHES = 3
+DEPARTURE = 2.0
+WATCH_MIN_MS = 20.0  # batches shorter than this (remembered and observed) are timer and scheduling noise: not judged
 
 
 def incremental_class():
@@ -80,6 +94,9 @@ class RuntimeChoice:
         if self.tuned:
             self.runtime["batch_tuning"] = {"how": "given"}
         self._model_key: tuple | None = None
+        self._decision_key: tuple | None = None
+        self._disk_fields: dict | None = None
+        self._watching = False  # the decided runner's speed is being (or has been) timed
         self._full = None
         self._plan()
         if len(self.runners) == 1 and not self.pending:
@@ -193,13 +210,73 @@ class RuntimeChoice:
         self.incremental["used"] = decision.chosen == "incremental"
 
     def _key(self) -> tuple:
+        """The in-process key of this run's decision, taken once, before any
+        candidate is built (a failed build must not change it)."""
+        if self._decision_key is not None:
+            return self._decision_key
         names = tuple(sorted({*self.runners, *self.pending}))
         window = self.window if "incremental" in names else None  # only incremental inference depends on it
         if self._model_key is None:
             digest = self.adapter.weights_digest()
             # a model that cannot tell its weights apart is itself for this process only
             self._model_key = (digest,) if digest is not None else (type(self.adapter).__qualname__, id(self.adapter))
-        return (self._model_key, self.shape, str(self.adapter.device), self.forward_batch, window, names)
+        self._decision_key = (self._model_key, self.shape, str(self.adapter.device), self.forward_batch, window, names)
+        if len(self._model_key) == 1:  # a weights digest: the decision can be kept on disk too
+            self._disk_fields = decision_cache.key_fields(self._model_key[0], self.shape, self.window, self.params.stride,
+                                                          str(self.adapter.device), self.forward_batch, names)
+        return self._decision_key
+
+    def _save(self, batch_size: int | None, ms_per_window: float | None) -> None:
+        """Keep the decision on disk for later processes."""
+        if self._disk_fields is None or self.decision is None or not ms_per_window:
+            return
+        decision_cache.store(self._disk_fields, decision_cache.Record(
+            self.decision.chosen, dict(self.decision.probe_ms_per_window), batch_size, float(ms_per_window)))
+
+    def _forget(self) -> None:
+        forget(self._key())
+        if self._disk_fields is not None:
+            decision_cache.drop(self._disk_fields)
+
+    def _watch(self, record: decision_cache.Record | None) -> None:
+        """Time the run's first ``WATCH_BATCHES`` full batches on the decided
+        runner. On a remembered decision, check their median against the
+        remembered figure (see ``DEPARTURE``); on a decision probed and tuned in
+        this run (``record`` None), keep their median on disk as the figure: a
+        median of real batches, steadier than the probe's few."""
+        if self.decision is None or (record is not None and record.chosen != self.decision.chosen):
+            return
+        runner = self.runners[self.decision.chosen]
+        samples: list[float] = []
+        self._watching = True
+
+        def on_batch(windows: int, seconds: float) -> None:
+            if windows < max(1, runner.batch_size // 2):
+                return  # an image's short last batch: its per-window time is not comparable
+            samples.append(1000 * seconds / windows)
+            if len(samples) < WATCH_BATCHES:
+                return
+            runner.on_batch = None
+            observed = float(np.median(samples))
+            if record is None:
+                self._save(runner.batch_size, observed)
+                self.runtime["speed_kept"] = {"ms_per_window": round(observed, 3), "batches": len(samples)}
+                return
+            check = {"remembered_ms_per_window": round(record.ms_per_window, 3),
+                     "observed_ms_per_window": round(observed, 3), "batches": len(samples)}
+            if max(observed, record.ms_per_window) * runner.batch_size < WATCH_MIN_MS:
+                check["verdict"] = f"batches under {WATCH_MIN_MS:g} ms: too short to judge"
+            elif 1 / DEPARTURE <= observed / record.ms_per_window <= DEPARTURE:
+                check["verdict"] = "as remembered"
+            else:
+                check["verdict"] = "departed: decision forgotten, the next windows or run probe again"
+                self._forget()
+                self.decision = None
+                self.tuned = self.params.batch_size is not None
+                self._watching = False
+            self.runtime["speed_check"] = check
+
+        runner.on_batch = on_batch
 
     def default(self) -> str:
         """What runs before (or without) a probe: the adapter's first runner
@@ -224,6 +301,8 @@ class RuntimeChoice:
             done = len(rows)
             tuned = self._tune(image, boxes[done:], fill)
             rows.update({done + i: row for i, row in tuned.items()})
+        if self.decision is not None and self.decision.how == "probe" and self.tuned and not self._watching:
+            self._watch(None)  # the figure a later run is checked against: this run's own batches
         return rows
 
     def _tune(self, image, boxes: np.ndarray, fill) -> dict[int, np.ndarray]:
@@ -234,31 +313,49 @@ class RuntimeChoice:
         if known is not None:
             runner.batch_size = known
             self.tuned = True
-            self.runtime.update(batch_size=runner.batch_size, batch_tuning={"how": "remembered"})
+            how = "remembered on disk" if self.decision.how == "remembered on disk" else "remembered"
+            self.runtime.update(batch_size=runner.batch_size, batch_tuning={"how": how})
             return {}
         ladder = BATCH_LADDER["cuda" if str(getattr(runner, "device", "cpu")).startswith("cuda") else "cpu"]
-        tuning, rows = tune_batch(runner, image, boxes, fill, ladder, self.decision.probe_ms_per_window.get(name))
+        # the probe's figure is this runner's at its current size only when measured in this run
+        measured = self.decision.probe_ms_per_window.get(name) if self.decision.how == "probe" else None
+        watching, runner.on_batch = runner.on_batch, None  # tuning batches of other sizes are not the run's pace
+        try:
+            tuning, rows = tune_batch(runner, image, boxes, fill, ladder, measured)
+        finally:
+            runner.on_batch = watching
         runner.batch_size = tuning.batch_size
         self.tuned = tuning.complete
         if tuning.complete:
             remember_batch(key, tuning.batch_size)
+            self._save(tuning.batch_size, tuning.ms_per_window.get(tuning.batch_size))
         self.runtime.update(batch_size=runner.batch_size, batch_tuning={
             "how": "tuned" if tuning.complete else "windows ran out before tuning finished",
             "ms_per_window": {size: round(ms, 3) for size, ms in sorted(tuning.ms_per_window.items())}})
         return rows
 
     def _decide_runner(self, image, boxes: np.ndarray, fill) -> dict[int, np.ndarray]:
-        """Reuse a decision remembered in this process, or time a couple of
-        batches of ``boxes`` on each candidate when there are enough of them.
-        Returns the logits the probe computed, by index into ``boxes``."""
+        """Reuse a decision remembered in this process or on disk, or time a
+        few rounds of batches of ``boxes`` on each candidate when there are
+        enough of them. Returns the logits the probe computed, by index into
+        ``boxes``."""
         key = self._key()
+        record = decision_cache.load(self._disk_fields) if self._disk_fields is not None else None
         known = remembered(key)
+        if known is None and record is not None:
+            known = Decision(record.chosen, record.probe_ms_per_window, "remembered on disk")
+            remember(key, known)
+            if record.batch_size is not None:
+                remember_batch((key, record.chosen), record.batch_size)
         if known is not None:
             if known.chosen in self.pending:
                 self._build([known.chosen])
             if known.chosen in self.runners:
                 self._decide(known)
+                self._watch(record)
                 return {}
+        for runner in self.runners.values():
+            runner.on_batch = None  # a probe times for itself
         sizes = [r.batch_size for r in self.runners.values()] + [size for size, _ in self.pending.values()]
         if len(boxes) < probe_size(sizes):
             self.runtime.update(chosen=self.default(), how="job too small to probe", **self.runner(self.default()).describe())
@@ -273,7 +370,13 @@ class RuntimeChoice:
                                         f"({_one_line(error)}); continuing without it"), stacklevel=4)
             self.runners.pop(name, None)
 
-        decision, rows = probe_runners(dict(self.runners), image, boxes, fill, failed)
+        rounds = probe_rounds(len(boxes), [r.batch_size for r in self.runners.values()])
+        decision, rows = probe_runners(dict(self.runners), image, boxes, fill, failed, rounds)
         self._decide(decision)
         remember(key, decision)
+        self.runtime["probe_rounds"] = rounds
+        # kept now, so that a run whose windows run out before the batch size is tuned still spares the next one
+        # its probe; a completed tuning replaces the record with its batch size and figure
+        batch = self.runners[decision.chosen].batch_size if self.tuned else None
+        self._save(batch, decision.probe_ms_per_window[decision.chosen])
         return rows
