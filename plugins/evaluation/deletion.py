@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from cnnviz_core import MetricBatch, PerturbationParams, hookimpl, param
-from cnnviz_core.toolkit import gaussian_blur
 
+from cnnviz_plugins.evaluation.support.baselines import baseline_images
 from cnnviz_plugins.evaluation.support.ordered_curve import OrderedCurveMetric
 
 
@@ -34,17 +32,6 @@ class DeletionParams(PerturbationParams):
     baseline: str = param("mean", "what removed pixels become: the dataset mean colour (0 after normalization), "
                                   "black, or a Gaussian blur of the image", choices=("mean", "black", "blur"))
     blur_sigma: float = param(5.0, "blur standard deviation in pixels, for --baseline blur", minimum=0.1)
-
-
-def baseline_images(inputs: np.ndarray, kind: str, config, sigma: float) -> np.ndarray:
-    """Normalized images of the baseline ``kind`` for each input."""
-    if kind == "mean":
-        return np.zeros_like(inputs)
-    if kind == "black":
-        mean = np.asarray(config.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(config.std, dtype=np.float32).reshape(1, 3, 1, 1)
-        return np.broadcast_to(-mean / std, inputs.shape).astype(np.float32)
-    return gaussian_blur(inputs, sigma)
 
 
 class Deletion(OrderedCurveMetric):

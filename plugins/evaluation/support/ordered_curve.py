@@ -34,16 +34,21 @@ class OrderedCurveMetric(Metric):
         """The maps whose order is followed (most relevant first)."""
         return batch.maps
 
-    def curves(self, batch: MetricBatch) -> tuple[np.ndarray, np.ndarray]:
-        """(b, steps + 1) scores and the (steps + 1,) fractions of units replaced."""
+    def counts(self, units: int) -> np.ndarray:
+        """Units replaced at each point of the curve (from 0)."""
+        return step_counts(units, min(self.params.steps, units))
+
+    def curves(self, batch: MetricBatch) -> tuple[np.ndarray, np.ndarray, int]:
+        """(b, points) scores, the (points,) units replaced at each, and the number of units."""
         ranks, units = relevance_ranks(self.order_maps(batch), self.patch())
-        counts = step_counts(units, min(self.params.steps, units))
+        counts = self.counts(units)
         start, end = self.endpoints(batch)
         job = OrderedReplacement(start, end, ranks, counts)
         classes = np.repeat(np.asarray(batch.classes, dtype=np.int64), len(counts))
         scores = self.forward.scores_of(len(job), job, classes).reshape(len(batch), len(counts))
-        return scores, counts / units
+        return scores, counts, units
 
     def evaluate(self, batch: MetricBatch) -> MetricScores:
-        scores, x = self.curves(batch)
+        scores, counts, units = self.curves(batch)
+        x = counts / units
         return MetricScores(trapezoid_auc(scores, x), curves={self.curve: scores}, curve_x={self.curve: x})
