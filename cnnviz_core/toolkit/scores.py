@@ -222,7 +222,7 @@ def region_score(segmentation: torch.Tensor, target: Target, input_size: Sequenc
     if target.class_index >= classes:
         raise TargetError(f"region target class {target.class_index} is out of range: the output has {classes} classes")
     mask = region_mask(target, segmentation.shape[-2:], input_size)
-    weights = torch.as_tensor(mask, dtype=torch.float32, device=segmentation.device)
+    weights = torch.from_numpy(mask.astype(np.float32)).to(segmentation.device)  # a copy: masks are read-only
     return (segmentation[target.class_index].float() * weights).sum()
 
 
