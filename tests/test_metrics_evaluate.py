@@ -48,3 +48,12 @@ def test_localization_without_annotations_is_refused_with_the_way_out(small_onnx
                      "--no-references", "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 2
     assert "plain.mask.png" in capsys.readouterr().err
+
+
+def test_randomizing_a_gradient_method_on_onnx_is_refused_before_any_work(small_onnx_path, tmp_path, capsys):
+    Image.new("RGB", (32, 32)).save(tmp_path / "plain.png")
+    code = cli_main(["evaluate", "--model", small_onnx_path, "--methods", "gradcam", "--metrics", "model_randomization",
+                     "--image", str(tmp_path / "plain.png"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 2
+    assert "gradients" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "leaderboard.csv").exists()
