@@ -20,9 +20,10 @@ from cnnviz_core.config import PreprocessConfig, config_from_metadata
 from cnnviz_core.errors import InputError, LayerNotFoundError, MethodWarning, ModelLoadError
 from cnnviz_core.model_facts import CamHead, ForwardRunner, ReceptiveField, WeightLayer
 from cnnviz_core.model_probes import probed_receptive_field
+from cnnviz_core import runtime_tuning
 
 from . import geometry
-from .onnx_model import cam_head, classifier_input, receptive_field, shapes, stages, weight_layers
+from .onnx_model import cam_head, classifier_input, input_layout, receptive_field, shapes, stages, weight_layers
 
 SIDECAR_SUFFIX = ".json"  # lite0.onnx → lite0.onnx.json
 
@@ -131,6 +132,7 @@ class OnnxAdapter(ModelAdapter):
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: no provider warnings on CPU machines
+        options.intra_op_num_threads = runtime_tuning.threads() or 0  # --threads / a worker's share; 0: onnxruntime's default
         providers = providers_for(self.device)
         try:
             session = onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
@@ -150,6 +152,8 @@ class OnnxAdapter(ModelAdapter):
             raise ModelLoadError(f"{self.path} has {len(inputs)} inputs; cnnviz needs one image input (B, 3, H, W)")
         self._input = inputs[0]
         self._output_name = self._session.get_outputs()[0].name
+        self.channels_last = input_layout.channels_last(self._input.shape, self.path)
+        self._input_dtype = input_layout.numpy_dtype(self._input.type, self.path)
 
     # -- description -------------------------------------------------------
     @property
@@ -159,7 +163,7 @@ class OnnxAdapter(ModelAdapter):
         return first if isinstance(first, int) else None
 
     def _static_input_size(self) -> tuple[int, int] | None:
-        height, width = self._input.shape[-2:]
+        height, width = self._input.shape[1:3] if self.channels_last else self._input.shape[-2:]
         return (height, width) if isinstance(height, int) and isinstance(width, int) else None
 
     @property
@@ -220,8 +224,14 @@ class OnnxAdapter(ModelAdapter):
         return self._run(inputs)
 
     def _run(self, inputs: np.ndarray) -> np.ndarray:
-        (output,) = self._session.run([self._output_name], {self._input.name: inputs})
+        (output,) = self._session.run([self._output_name], self._feed(inputs))
         return np.asarray(output, dtype=np.float32).reshape(len(inputs), -1)
+
+    def _feed(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """The session's input for a (B, 3, H, W) float32 batch: transposed to
+        (B, H, W, 3) for a channels-last graph (TensorFlow exports), cast to
+        the graph's input type (float16 models)."""
+        return {self._input.name: input_layout.as_graph_input(inputs, self.channels_last, self._input_dtype)}
 
     # -- intermediate tensors and weights ------------------------------------
     def tensor_name(self, name: str) -> str:
@@ -247,13 +257,13 @@ class OnnxAdapter(ModelAdapter):
         if fixed is not None and fixed != len(inputs):
             if fixed != 1:
                 raise InputError(f"{self.path} has a fixed batch of {fixed}; export it with a dynamic batch")
-            runs = [session.run([self._output_name, *wanted], {self._input.name: inputs[i : i + 1]}) for i in range(len(inputs))]
+            runs = [session.run([self._output_name, *wanted], self._feed(inputs[i : i + 1])) for i in range(len(inputs))]
             outputs = [np.concatenate(parts) for parts in zip(*runs)]
         else:
-            outputs = session.run([self._output_name, *wanted], {self._input.name: inputs})
+            outputs = session.run([self._output_name, *wanted], self._feed(inputs))
         logits = np.asarray(outputs[0], dtype=np.float32).reshape(len(inputs), -1)
         by_tensor = {self._output_name: np.asarray(outputs[0]), **dict(zip(wanted, outputs[1:]))}
-        return logits, {name: np.asarray(by_tensor[tensor]) for name, tensor in tensors.items()}
+        return logits, {name: input_layout.as_float32(by_tensor[tensor]) for name, tensor in tensors.items()}
 
     def _exposing(self, tensors: tuple[str, ...], keep: bool = True):
         """A session on a copy of the model with ``tensors`` added as graph
@@ -280,9 +290,14 @@ class OnnxAdapter(ModelAdapter):
         only (many tensors at once, once: not worth keeping)."""
         wanted = tuple(sorted(set(tensors) - {self._output_name}))
         session = self._exposing(wanted, keep=False)
-        values = session.run([self._output_name, *wanted], {self._input.name: np.ascontiguousarray(inputs, np.float32)})
+        fixed = self.fixed_batch
+        if fixed is not None and fixed != len(inputs):  # a graph fixed at batch 1, looped
+            runs = [session.run([self._output_name, *wanted], self._feed(inputs[i : i + 1])) for i in range(len(inputs))]
+            values = [np.concatenate(parts) for parts in zip(*runs)]
+        else:
+            values = session.run([self._output_name, *wanted], self._feed(inputs))
         by_name = {self._output_name: values[0], **dict(zip(wanted, values[1:]))}
-        return {name: np.asarray(by_name[name]) for name in tensors}
+        return {name: input_layout.as_float32(by_name[name]) for name in tensors}
 
     def weights(self) -> dict[str, np.ndarray]:
         """The graph's initializers by name, as numpy arrays."""
@@ -290,7 +305,7 @@ class OnnxAdapter(ModelAdapter):
         from onnx import numpy_helper
 
         model = onnx.load(self.path)
-        return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        return {init.name: input_layout.as_float32(numpy_helper.to_array(init)) for init in model.graph.initializer}
 
     def weight_layers(self) -> list[WeightLayer]:
         return weight_layers.weight_layers(self.graph(), self.weights())
