@@ -25,7 +25,7 @@ import weakref
 
 import torch
 
-from cnnviz_core import atomic, notes
+from cnnviz_core import atomic, notes, runtime_tuning
 from cnnviz_core.errors import InputError, ModelLoadError
 
 from .onnx_adapter import providers_for
@@ -99,13 +99,14 @@ def session_for(path: str, device: str = "cpu"):
     import onnxruntime
 
     providers = providers_for(device)
-    key = (os.path.abspath(path), os.path.getmtime(path), repr(providers))
+    key = (os.path.abspath(path), os.path.getmtime(path), repr(providers), runtime_tuning.threads())
     with _lock:
         if key in _sessions:
             _sessions.move_to_end(key)
             return _sessions[key]
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = runtime_tuning.threads() or 0  # --threads / a worker's share; 0: onnxruntime's default
     try:
         session = onnxruntime.InferenceSession(path, sess_options=options, providers=providers)
     except Exception as error:

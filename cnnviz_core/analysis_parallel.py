@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
 
-from . import state_codec
+from . import runtime_tuning, state_codec
 from .analysis import AnalysisMethod
 from .dataset import Dataset
 from .errors import CnnvizError, InputError
@@ -120,7 +120,7 @@ def _results(chunks: list[int], devices: list[str], setup: dict[str, Any]):
     queue = context.Queue()
     for device in devices:
         queue.put(device)
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    threads = runtime_tuning.threads() or runtime_tuning.thread_share(len(devices))  # --threads, else cores / workers
     with ProcessPoolExecutor(min(len(devices), len(chunks)), mp_context=context, initializer=_start_worker,
                              initargs=(queue, setup, threads)) as pool:
         futures = {pool.submit(_run_chunk, chunk): chunk for chunk in chunks}
@@ -145,12 +145,7 @@ class ChunkAnalyses:
         from .api import load_model
         from .scheduler import Scheduler
 
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:
-            pass
+        runtime_tuning.start_worker(threads)  # allocator and thread share before the model loads
         _, model, options = pickle.loads(setup["model"])
         self.adapter = load_model(model, **options)
         self.adapter.to(device)  # this process's replica only

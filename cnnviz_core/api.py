@@ -12,6 +12,7 @@ from .adapter import ModelAdapter
 from .errors import CapabilityError, CnnvizError, InputError, MethodWarning, ModelLoadError
 from .method import Method
 from .registry import get_registry
+from .runtime_tuning import using_threads
 from .scheduler import Scheduler
 from .targets import parse_targets
 
@@ -78,6 +79,7 @@ def run(
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
     normalized: bool | None = None,
+    threads: int | None = None,
     **params,
 ):
     """Run a registered method on a model.
@@ -110,7 +112,8 @@ def run(
     afterwards, on success or error.
 
     ``progress=True`` shows a progress bar on stderr for long runs (default:
-    off, unless ``CNNVIZ_PROGRESS=1``).
+    off, unless ``CNNVIZ_PROGRESS=1``). ``threads``: compute threads for
+    torch and onnxruntime during the run (default: as they are).
     """
     method_class = get_registry().method(method)
     adapter = load_model(model)
@@ -120,7 +123,7 @@ def run(
         raise InputError(f"{method} analyses a dataset of images; normalized= applies to image inputs of other methods")
     check_capabilities(method_class, adapter)
     method_params = method_class.make_params(**params)
-    with placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as chosen:
+    with using_threads(threads), placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as chosen:
         instance = method_class(adapter, method_params, chosen)
         if method_class.kind == "analysis":
             from .analysis_pass import run_pass

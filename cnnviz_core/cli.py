@@ -85,6 +85,7 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
     """The flags of `cnnviz run` for one method, or for several analyses that
     share one dataset pass: common flags by kind, then each method's own."""
     from .cli_params import add_param_flags
+    from .cli_runtime import add_threads_flag
 
     kinds = {cls.kind for cls in method_classes}
     parser.add_argument("--model", required=True, help="a model name, timm:NAME or a path to an .onnx file")
@@ -108,6 +109,7 @@ def add_run_flags(parser: argparse.ArgumentParser, method_classes: list) -> None
         parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                             help="continue an interrupted pass from its checkpoint in --out (default: yes)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda:N")
+    add_threads_flag(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different run of the method already saved in --out (default: refuse, naming what differs)")
@@ -384,6 +386,9 @@ def _main(argv: list[str] | None) -> int:
             args = parse_dataset_run(argv, _Parser) or parse_several_analyses(argv) or build_parser().parse_args(argv)
         except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
             return int(exit_request.code or 0)
+        from .cli_runtime import start
+
+        start(args)  # allocator and --threads, before any work
         return COMMANDS[args.command](args)
     except CnnvizError as error:
         message = " ".join(str(error).split())

@@ -12,6 +12,7 @@ def parse_dataset_run(argv: list[str], parser_class) -> argparse.Namespace | Non
     """The namespace of a dataset run of attribution methods, or None when
     argv is another command (no --dataset, or not attribution methods)."""
     from ..cli_params import add_param_flags
+    from ..cli_runtime import add_threads_flag
     from ..registry import get_registry
 
     if len(argv) < 2 or argv[0] != "run" or not any(a == "--dataset" or a.startswith("--dataset=") for a in argv):
@@ -45,6 +46,7 @@ def parse_dataset_run(argv: list[str], parser_class) -> argparse.Namespace | Non
     parser.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
     parser.add_argument("--devices", default="cpu", help="cpu (default), cuda:0,cuda:1 or all: one worker per device")
     parser.add_argument("--workers", type=int, help="CPU worker processes with --devices cpu (default: 1)")
+    add_threads_flag(parser)
     parser.add_argument("--overwrite", action="store_true", help="start a new store where one with other settings is")
     parser.add_argument("--quiet", action="store_true", help="accepted for symmetry with other runs")
     seen: set[str] = set()

@@ -34,6 +34,7 @@ def run_dataset(
     overwrite: bool = False,
     model_options: dict[str, Any] | None = None,
     ray_address: str | None = None,
+    threads: int | None = None,
 ):
     """Run attribution ``methods`` (names, or a dict name -> parameters) on
     every item of ``dataset`` (a folder with class subfolders, a list file, a
@@ -47,10 +48,13 @@ def run_dataset(
     or ``all``; one worker process per device. With one worker the run stays
     in this process. ``backend="ray"``: one Ray actor per CPU slot (or GPU,
     with ``devices`` other than cpu) of the cluster at ``ray_address`` (None:
-    a local cluster), ``workers`` actors at most."""
+    a local cluster), ``workers`` actors at most. ``threads``: compute threads
+    per process (default: every core in this process, cores / workers in each
+    local worker)."""
     from ..api import check_capabilities, load_model, placed
     from ..registry import get_registry
     from ..scheduler import Scheduler
+    from .. import runtime_tuning
     from . import local_backend
     from .chunk_work import ChunkWorker
     from .reader import open_results
@@ -61,6 +65,7 @@ def run_dataset(
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if int(chunk_size) < 1 or (batch_size is not None and int(batch_size) < 1):
         raise InputError("chunk_size and batch_size must be at least 1")
+    threads = runtime_tuning.check_threads(threads)
     chosen = {methods: {}} if isinstance(methods, str) else dict(methods) if isinstance(methods, dict) else {m: {} for m in methods}
     if not chosen:
         raise InputError("name at least one attribution method")
@@ -99,14 +104,14 @@ def run_dataset(
                 ray_placement = ray_backend.run_chunks(pending, setup, ray_address, workers, use_gpus=(devices or "cpu") != "cpu")
         elif len(placement) == 1:
             scheduler = Scheduler(device=placement[0], progress=False, prefer=adapter.device)
-            with placed(adapter, scheduler) as scheduler:
+            with runtime_tuning.using_threads(threads), placed(adapter, scheduler) as scheduler:
                 worker = ChunkWorker(adapter, [cls(adapter, params, scheduler) for cls, params in checked], source, out, plan)
                 for chunk in pending:
                     worker.run_chunk(chunk)
         elif pending:
             setup = {"model": local_backend.model_blob(adapter if not isinstance(model, (str, os.PathLike)) else model, options),
                      "methods": checked, "source": source, "out": out, "plan": plan}
-            local_backend.run_chunks(pending, placement, setup, lambda chunk, counts: None)
+            local_backend.run_chunks(pending, placement, setup, lambda chunk, counts: None, threads)
     else:
         _run_stream(adapter, checked, source, out, plan, placement[0])
     return _finish(out, [c.name for c in classes], open_results, {"backend": backend, **ray_placement})

@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
+from .. import runtime_tuning
 from ..errors import CnnvizError, InputError
 
 _WORKER: dict[str, Any] = {}
@@ -57,15 +58,17 @@ def model_blob(model: Any, options: dict[str, Any]) -> bytes:
                          "name or file path, define its class in an importable module, or run with workers=1") from None
 
 
-def run_chunks(chunks: list[int], devices: list[str], setup: dict[str, Any], on_done: Callable[[int, dict], None]) -> None:
-    """Compute ``chunks`` on one process per entry of ``devices``."""
+def run_chunks(chunks: list[int], devices: list[str], setup: dict[str, Any], on_done: Callable[[int, dict], None],
+               threads: int | None = None) -> None:
+    """Compute ``chunks`` on one process per entry of ``devices``, each with
+    ``threads`` compute threads (default: as set here, else cores / workers)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     for device in devices:
         queue.put(device)
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    threads = threads or runtime_tuning.threads() or runtime_tuning.thread_share(len(devices))
     with ProcessPoolExecutor(len(devices), mp_context=context, initializer=_start_worker,
                              initargs=(queue, setup, threads)) as pool:
         futures = {pool.submit(_run_chunk, chunk): chunk for chunk in chunks}
@@ -94,12 +97,7 @@ def build_worker(setup: dict[str, Any], device: str, threads: int):
     from ..scheduler import Scheduler
     from .chunk_work import ChunkWorker
 
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
+    runtime_tuning.start_worker(threads)  # allocator and thread share before the model loads
     kind, model, options = pickle.loads(setup["model"])
     adapter = load_model(model, **options)
     adapter.to(device)  # this process's replica only
@@ -109,4 +107,4 @@ def build_worker(setup: dict[str, Any], device: str, threads: int):
 
 
 def _run_chunk(chunk: int) -> dict[str, int]:
-    return _WORKER["worker"].run_chunk(chunk)
+    return {**_WORKER["worker"].run_chunk(chunk), "threads": runtime_tuning.report()}  # the worker's settings, for the record
