@@ -21,7 +21,6 @@ from cnnviz_core.errors import InputError, LayerNotFoundError, MethodWarning, Mo
 from cnnviz_core.model_facts import CamHead, ForwardRunner, ReceptiveField, WeightLayer
 from cnnviz_core.model_probes import probed_receptive_field
 from cnnviz_core import runtime_tuning
-from cnnviz_core import runtime_tuning
 
 from . import geometry
 from .onnx_model import cam_head, classifier_input, input_layout, receptive_field, shapes, stages, weight_layers
@@ -133,7 +132,6 @@ class OnnxAdapter(ModelAdapter):
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: no provider warnings on CPU machines
-        options.intra_op_num_threads = runtime_tuning.threads() or 0  # --threads / a worker's share; 0: onnxruntime's default
         options.intra_op_num_threads = runtime_tuning.threads() or 0  # --threads / a worker's share; 0: onnxruntime's default
         providers = providers_for(self.device)
         try:
