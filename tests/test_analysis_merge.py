@@ -5,12 +5,14 @@ worker processes gives the single-process result — on the trained digits CNN."
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import cnnviz_core
-from cnnviz_core import Dataset, InputError, get_registry, state_codec
-from cnnviz_core.analysis_pass import _forward
+from cnnviz_core import Dataset, InputError, analysis_parallel, get_registry, state_codec
+from cnnviz_core.analysis_pass import CHECKPOINT_FOLDER, _forward
 from cnnviz_core.scheduler import Scheduler
 
 from digits import as_images, digits_adapter, digits_split, write_digits_folder
@@ -105,17 +107,34 @@ def test_a_state_of_other_settings_is_refused(digits, pairs):
         top.merge(other.state())
 
 
-def test_two_worker_processes_give_the_single_process_results(digits, tmp_path):
+def test_two_worker_processes_interrupted_and_resumed_give_the_single_process_results(digits, tmp_path, monkeypatch):
     folder = write_digits_folder(tmp_path / "digits", per_class=6)  # 60 labelled PNGs
-    settings = {name: {**values, "batch_size": 8} for name, values in SETTINGS.items()}
+    settings = {name: {**values, "batch_size": 4} for name, values in SETTINGS.items()}  # chunks of 16: 4 chunks
     one = cnnviz_core.analyze(settings, digits, folder, device="cpu")
-    two = cnnviz_core.analyze(settings, digits, folder, device="cpu", workers=2)
+    out = tmp_path / "out"
+    updates = []
+    original = analysis_parallel.Progress.set
+
+    def interrupted(self, value):  # the run stops once the first finished chunk is merged
+        updates.append(value)
+        if len(updates) == 2:
+            raise RuntimeError("interrupted")
+        original(self, value)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(analysis_parallel.Progress, "set", interrupted)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            cnnviz_core.analyze(settings, digits, folder, device="cpu", workers=2, out=out)
+    assert len(os.listdir(out / CHECKPOINT_FOLDER)) == 1  # the merged chunk is kept
+    two = cnnviz_core.analyze(settings, digits, folder, device="cpu", workers=2, out=out)
+    assert not os.listdir(out / CHECKPOINT_FOLDER)  # removed once the pass completed
     for name in ("top_patches", "tsne", "pruning"):
         assert set(one[name].arrays) == set(two[name].arrays)
         for key, array in one[name].arrays.items():
             assert np.array_equal(array, two[name].arrays[key], equal_nan=array.dtype.kind == "f"), (name, key)
-        assert two[name].metadata["images"] == 60 and two[name].metadata["workers"] == ["cpu", "cpu"]
-        assert two[name].metadata["chunk_size"] % 8 == 0
+        metadata = two[name].metadata
+        assert metadata["images"] == 60 and metadata["workers"] == ["cpu", "cpu"] and metadata["chunk_size"] == 16
+        assert metadata["resumed_from"] >= 16  # at least one chunk was not computed again
     assert np.array_equal(one["top_patches"].pictures["overview"], two["top_patches"].pictures["overview"])
     assert one["tsne"].facts["points"] == 30 and one["tsne"].facts["sampled"]
     assert next(digits.module.parameters()).device.type == "cpu"  # the user's model stayed where it was
