@@ -81,6 +81,7 @@ class TorchAdapter(ModelAdapter):
         name = options.pop("name", None)
         config_options = {k: options.pop(k) for k in ("input_size", "mean", "std", "interpolation") if k in options}
         num_classes = options.pop("num_classes", None)
+        output = options.pop("output", None)  # the entry holding the logits of a tuple or dict output
         if options:
             raise InputError(f"unknown model option(s): {', '.join(sorted(options))}")
         if isinstance(spec, nn.Module):
@@ -95,6 +96,10 @@ class TorchAdapter(ModelAdapter):
             load_weights(module, weights)
         elif not isinstance(spec, nn.Module):  # timm never downloads: without weights the model is untrained
             _warn_random_weights(spec)
+        if output is not None:
+            from .torch_model.output_select import SelectedOutput
+
+            module = SelectedOutput(module, output)
         try:
             config = PreprocessConfig(**{**base_config.to_dict(), **config_options})
         except ValueError as error:
@@ -241,7 +246,7 @@ class TorchAdapter(ModelAdapter):
         import torch
 
         with self.session(), torch.inference_mode():
-            return self.module(self.tensor(inputs)).float().cpu().numpy()
+            return _logits_tensor(self.module(self.tensor(inputs)), self.name).float().cpu().numpy()
 
     def logits_and_activations(self, inputs: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits and the named modules' outputs from one forward pass. Each
@@ -251,7 +256,7 @@ class TorchAdapter(ModelAdapter):
 
         modules = {name: self.get_layer(name) for name in names}
         with capture_outputs(modules, protect=True) as captured, self.session(), torch.inference_mode():
-            logits = self.module(self.tensor(inputs))
+            logits = _logits_tensor(self.module(self.tensor(inputs)), self.name)
         arrays = {}
         for name in modules:
             output = captured.get(name)
@@ -282,6 +287,18 @@ def _create_timm(name: str, num_classes: int | None) -> tuple[nn.Module, Preproc
     module = timm.create_model(name, pretrained=False, **kwargs)  # never downloads
     module.eval()
     return module, PreprocessConfig.from_timm(module.pretrained_cfg)
+
+
+def _logits_tensor(outputs, name: str):
+    """The model's output when it is one tensor; an InputError listing the
+    entries of a tuple or dict output (choose one with output=)."""
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    from .torch_model.output_select import unselected
+
+    raise unselected(outputs, repr(name))
 
 
 def _output_classes(module: nn.Module) -> int | None:

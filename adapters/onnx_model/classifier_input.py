@@ -14,7 +14,7 @@ def classifier_input_layer(adapter) -> str | None:
     first head's where two are averaged), or None when the graph does not end so."""
     graph = adapter.graph()
     producers = {output: node for node in graph.node for output in node.output}
-    node = producers.get(graph.output[0].name)
+    node = producers.get(getattr(adapter, "_output_name", None) or graph.output[0].name)
     while node is not None and node.op_type in PASS_THROUGH + SCALING:
         computed = [producers[i] for i in node.input if i in producers and producers[i].op_type != "Constant"]
         node = computed[0] if len(computed) == 1 or node.op_type in PASS_THROUGH else None

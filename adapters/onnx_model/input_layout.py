@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnviz_core.errors import ModelLoadError
+from cnnviz_core.errors import InputError, ModelLoadError
 
 CHANNEL_COUNTS = (1, 3, 4)  # image channels a layout is recognised by
 FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -42,3 +42,17 @@ def as_float32(value) -> np.ndarray:
     """A float16 (or float64) tensor from the graph as float32; other types unchanged."""
     value = np.asarray(value)
     return value.astype(np.float32) if value.dtype.kind == "f" and value.dtype != np.float32 else value
+
+
+def output_name(outputs, choice, path: str) -> str:
+    """The graph output holding the logits: ``choice`` by name or index (the
+    load option ``output=``, ``--output-key``), else the first."""
+    names = [output.name for output in outputs]
+    if choice is None:
+        return names[0]
+    if str(choice) in names:
+        return str(choice)
+    if str(choice).lstrip("-").isdigit() and -len(names) <= int(choice) < len(names):
+        return names[int(choice)]
+    shown = ", ".join(f"{i}: {output.name!r} {list(output.shape)}" for i, output in enumerate(outputs))
+    raise InputError(f"{path} has no output {choice!r}; its outputs: {shown}")
