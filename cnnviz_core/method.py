@@ -87,8 +87,9 @@ class Method:
     # Settings for `cnnviz demo`: quick but faithful.
     demo_params: ClassVar[dict[str, Any]] = {}
     plugin: ClassVar[str] = ""  # set by the registry: which plugin contributed it
-    # What a target names for this method: "class" (index, label, top1) or
-    # "neuron" (layer:channel[@y,x]); conformance tests and the demo pick theirs by it.
+    # What a target names for this method: "class" (index, label, top1),
+    # "neuron" (layer:channel[@y,x]) or "detection" (detection:CLASS@box, on a
+    # detector); conformance tests and the demo pick theirs by it.
     explains: ClassVar[str] = "class"
 
     def __init__(self, adapter, params=None, scheduler: Scheduler | None = None):

@@ -29,6 +29,7 @@ FACTOR = 3.0
 SCALE = {
     "cam": FACTOR,  # Σ_k w_ck A_k: same weights, A × 3
     "deconvnet": FACTOR,  # a modified backward is linear in the output gradient
+    "eigencam": FACTOR,  # the projection M v_1 of A × 3 on the same direction v_1
     "gradcam": FACTOR,  # ∂y/∂A unchanged, A × 3; ReLU commutes with a positive factor
     "guided_backprop": FACTOR,
     "guided_gradcam": FACTOR**2,  # guided backprop (× 3) times Grad-CAM (× 3)
@@ -75,7 +76,8 @@ class ScalableNet(nn.Module):
 
 
 def attribution_methods() -> list[str]:
-    return [name for name, cls in LIVE.methods.items() if cls.kind == "attribution"]
+    # a detection method needs a detector, not this classifier (tests/test_detection.py)
+    return [name for name, cls in LIVE.methods.items() if cls.kind == "attribution" and cls.explains != "detection"]
 
 
 def run_on(factor: float, name: str):

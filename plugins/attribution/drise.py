@@ -104,6 +104,7 @@ class Drise(AttributionMethod):
     Params = DriseParams
     batch_hint = 16
     demo_params = {"masks": 256}
+    explains = "detection"  # a detector's object: the classifier conformance runs and the demo leave it out
 
     @classmethod
     def check_params(cls, params) -> None:
