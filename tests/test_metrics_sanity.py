@@ -68,6 +68,7 @@ def test_plans_cascade_from_the_top_and_independent_one_layer_each():
     assert [step.depth for step in cascade] == [1, 2, 3]
     independent = randomization(adapter, layers=0, mode="independent").steps
     assert [step.randomized for step in independent] == [(names[2],), (names[1],), (names[0],)]
+    assert [step.added for step in cascade] == [(names[2],), (names[1],), (names[0],)]  # each layer swapped in once
     # a cascade draws each layer once: the top layer's random weights are the same at every step
     metric = randomization(adapter, layers=0, seed=3)
     again = randomization(adapter, layers=0, seed=3)
@@ -84,14 +85,23 @@ def test_weights_restored_bit_for_bit_on_success_and_when_the_method_fails_mid_w
     explain = batch.explain
 
     def watching(inputs, classes):
-        seen.append(module.features[0].weight.detach().clone())
+        seen.append((module.features[0].weight.detach().clone(), module.fc.weight.detach().clone()))
         return explain(inputs, classes)
 
     batch.explain = watching
-    scores = randomization(adapter, layers=0).evaluate(batch)
+    metric = randomization(adapter, layers=0)
+    scores = metric.evaluate(batch)
     assert scores.curves["spearman"].shape == (2, 3) and np.isfinite(scores.scores).all()
-    # the method saw the first conv randomized only at the last cascade step
-    assert torch.equal(seen[0], before["features.0.weight"]) and not torch.equal(seen[2], before["features.0.weight"])
+    # the method saw the first conv randomized only at the last cascade step, the top layer's draw at every step
+    assert torch.equal(seen[0][0], before["features.0.weight"]) and not torch.equal(seen[2][0], before["features.0.weight"])
+    assert all(np.array_equal(fc.numpy(), metric.random["fc"]) for _, fc in seen)
+    assert states_equal(before, state_copy(module)) and hook_total(module) == 0
+
+    # independent: one layer random at a time, the others trained
+    seen.clear()
+    randomization(adapter, layers=0, mode="independent").evaluate(batch)
+    assert not torch.equal(seen[0][1], before["fc.weight"]) and torch.equal(seen[0][0], before["features.0.weight"])
+    assert torch.equal(seen[2][1], before["fc.weight"]) and not torch.equal(seen[2][0], before["features.0.weight"])
     assert states_equal(before, state_copy(module)) and hook_total(module) == 0
 
     calls = []

@@ -20,12 +20,14 @@ average ranks, SSIM of min-max scaled maps with scikit-image's defaults.
 
 The model is run once per step for the whole batch, with its weights
 swapped in by the adapter's ``with_weights``, which copies the originals back
-bit for bit when the step ends — on success and on error, also when the
-method raises mid-way. Needs the ``weights`` capability (and whatever the
+bit for bit — on success and on error, also when the method raises mid-way.
+A cascade nests the swaps: each step swaps in only the layers it adds to the
+prefix already randomized, and every layer is restored once, at the end. Needs the ``weights`` capability (and whatever the
 evaluated method needs: gradient methods only on torch models)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 
@@ -78,12 +80,17 @@ class ModelRandomization(Metric):
         absolute = self.params.absolute
         ranks = np.empty((len(batch), len(self.steps)))
         similarity = np.empty_like(ranks)
-        for j, step in enumerate(self.steps):
-            with self.adapter.with_weights({name: self.random[name] for name in step.randomized}):
+        cascading = self.params.mode == "cascading"
+        with contextlib.ExitStack() as swaps:  # unwound in reverse on exit or error: the weights back bit for bit
+            for j, step in enumerate(self.steps):
+                if not cascading:
+                    swaps.close()  # independent: only this step's layer is random
+                # a cascade keeps the layers above randomized and swaps in just the ones this step adds
+                swaps.enter_context(self.adapter.with_weights({name: self.random[name] for name in step.added}))
                 maps = np.asarray(batch.explain(batch.inputs, batch.classes))
-            for i, (original, randomized) in enumerate(zip(batch.maps, maps)):
-                ranks[i, j] = spearman(original, randomized, absolute)
-                similarity[i, j] = ssim(original, randomized, absolute)
+                for i, (original, randomized) in enumerate(zip(batch.maps, maps)):
+                    ranks[i, j] = spearman(original, randomized, absolute)
+                    similarity[i, j] = ssim(original, randomized, absolute)
         depth = np.asarray([step.depth for step in self.steps], dtype=np.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an image whose maps were all constant: NaN

@@ -9,8 +9,10 @@ each step, and the random weights they get.
 - ``points`` randomization points spread evenly over those layers from the
   top (the output side) to the bottom, always the top and the bottom layer
   (0 or more points than layers: every layer, as Adebayo et al.).
-- cascading: step j randomizes every layer from the top down to point j;
-  independent: step j randomizes the layer at point j alone.
+- cascading: step j randomizes every layer from the top down to point j,
+  the layers of the steps before staying randomized (each layer is swapped
+  in once and restored once, at the end); independent: step j randomizes
+  the layer at point j alone.
 - a layer's random weights are drawn once (so a cascade adds layers to the
   ones already randomized, never redraws them) from a normal distribution
   with the trained weights' standard deviation (Adebayo et al. re-draw from
@@ -33,6 +35,7 @@ class Step:
     layer: str  # the layer at this randomization point
     depth: int  # its position counted from the top: 1 is the output layer
     randomized: tuple[str, ...]  # every layer randomized at this step
+    added: tuple[str, ...]  # those not randomized at the step before (a cascade keeps the earlier ones)
 
 
 def points(count: int, wanted: int) -> list[int]:
@@ -49,10 +52,12 @@ def plan(layer_names: list[str], wanted: int, mode: str) -> list[Step]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     count = len(layer_names)
-    steps = []
+    steps: list[Step] = []
     for index in points(count, wanted):
-        randomized = layer_names[index:] if mode == "cascading" else [layer_names[index]]
-        steps.append(Step(layer_names[index], count - index, tuple(reversed(randomized))))
+        randomized = tuple(reversed(layer_names[index:] if mode == "cascading" else [layer_names[index]]))
+        before = set(steps[-1].randomized) if steps and mode == "cascading" else set()
+        added = tuple(name for name in randomized if name not in before)
+        steps.append(Step(layer_names[index], count - index, randomized, added))
     return steps
 
 
