@@ -65,7 +65,7 @@ class SensitivityMetric(Metric):
         std = np.asarray(self.adapter.config.std, dtype=np.float64).reshape(3, 1, 1)
         shape = (p.samples, *batch.inputs.shape[1:])
         return np.stack([(image_rng(p.seed, name, "sensitivity").uniform(-p.radius, p.radius, size=shape) / std)
-                         for name in batch.names]).astype(np.float32)
+                         .astype(np.float32) for name in batch.names])
 
     def evaluate(self, batch: MetricBatch) -> MetricScores:
         samples = self.params.samples
