@@ -186,8 +186,11 @@ class OnnxAdapter(ModelAdapter):
         return [node.name or node.output[0] for node in self.graph().node]
 
     def default_layer(self) -> str:
-        """The last node whose output is a 4-D map with more than one position."""
+        """The last node whose output is a 4-D map with more than one position
+        (a transformer exported by cnnviz: its torch model's token layer)."""
         shapes = self._tensor_shapes()
+        if self._tokens().default_layer is not None:
+            return self._tokens().default_layer
         last = None
         for node in self.graph().node:
             dims = shapes.get(node.output[0]) if node.output else None
@@ -196,6 +199,14 @@ class OnnxAdapter(ModelAdapter):
         if last is None:
             raise LayerNotFoundError("<a spatial feature layer>", self.layers())
         return last
+
+    def feature_layout(self, layer: str):
+        return self._tokens().layouts.get(layer)
+
+    def _tokens(self):
+        from .onnx_model import tokens
+
+        return self._remembered("token layers", lambda: tokens.token_layers(self, self._tensor_shapes()))
 
     def _tensor_shapes(self) -> dict[str, tuple]:
         return self._remembered("tensor shapes", lambda: shapes.tensor_shapes(self))
@@ -265,7 +276,9 @@ class OnnxAdapter(ModelAdapter):
             outputs = session.run([self._output_name, *wanted], self._feed(inputs))
         logits = np.asarray(outputs[0], dtype=np.float32).reshape(len(inputs), -1)
         by_tensor = {self._output_name: np.asarray(outputs[0]), **dict(zip(wanted, outputs[1:]))}
-        return logits, {name: input_layout.as_float32(by_tensor[tensor]) for name, tensor in tensors.items()}
+        arrays = {name: input_layout.as_float32(by_tensor[tensor]) for name, tensor in tensors.items()}
+        layouts = {name: self.feature_layout(name) for name in arrays}  # token layers as (B, C, h, w) maps
+        return logits, {name: layouts[name].to_map(a) if layouts[name] else a for name, a in arrays.items()}
 
     def _exposing(self, tensors: tuple[str, ...], keep: bool = True):
         """A session on a copy of the model with ``tensors`` added as graph
@@ -362,7 +375,8 @@ class OnnxAdapter(ModelAdapter):
         found = {name: known.get(self.tensor_name(name)) for name in names}
         missing = [name for name, shape in found.items() if shape is None or None in shape[1:]]
         found.update(super().layer_shapes(missing) if missing else {})
-        return {name: (1, *shape[1:]) for name, shape in found.items()}
+        shapes = {name: (1, *shape[1:]) for name, shape in found.items()}
+        return {name: self.feature_layout(name).map_shape(s) if self.feature_layout(name) else s for name, s in shapes.items()}
 
     def stage_outputs(self) -> list[str]:
         return self._remembered("stages", lambda: stages.stage_outputs(self, self._tensor_shapes()))

@@ -16,6 +16,7 @@ from cnnviz_core.toolkit.hooks import eval_mode
 from .onnx_adapter import sidecar_path
 from .torch_adapter import TorchAdapter
 from .torch_model.stages import stages_for_export
+from .torch_model.tokens import tokens_for_export
 
 OPSET = 17
 
@@ -38,6 +39,7 @@ def export_onnx(adapter, path: str | os.PathLike, opset: int = OPSET, dynamic_ba
         "config": adapter.config.to_dict(),
         "labels": list(adapter.labels) if adapter.labels is not None else None,
         "stages": stages_for_export(adapter),  # module names: the ONNX copy answers stage_outputs() the same
+        "token_layers": tokens_for_export(adapter),  # a transformer's token layers, read as maps by the ONNX copy too
     }
 
     def write_model(temporary: str) -> None:

@@ -105,7 +105,11 @@ class ModelAdapter(abc.ABC):
         """How ``layer``'s output becomes a (B, C, h, w) feature map: a
         :class:`cnnviz_core.feature_layout.FeatureLayout` for token (B, N, C)
         and channels-last (B, h, w, C) layers, None for a layer whose output
-        already is a map (or is no map at all). Default: None."""
+        already is a map (or is no map at all). :meth:`activations`,
+        :meth:`logits_and_activations` and :meth:`layer_shapes` already give
+        such layers as maps; the layout is for a method that reads the
+        module's output itself (hooks, gradients: ``toolkit.gradient_root``
+        takes it). Default: None."""
         return None
 
     def check_layer(self, layer: str) -> str:

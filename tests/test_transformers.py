@@ -175,3 +175,18 @@ def test_guided_backprop_on_gelu_warns(vit):
         result = cnnviz_core.run("guided_backprop", vit, batch(1))
     assert np.isfinite(result.maps).all()
     assert any(issubclass(w.category, MethodWarning) and "GELU" in str(w.message) for w in caught)
+
+
+def test_onnx_copy_reads_the_same_token_layers(tmp_path):
+    from cnnviz_adapters.onnx_export import export_onnx
+
+    torch_vit = cnnviz_core.load_model(tiny_timm("vit_tiny_patch16_224", depth=2), input_size=(SIZE, SIZE))
+    onnx_vit = cnnviz_core.load_model(export_onnx(torch_vit, tmp_path / "vit.onnx"))
+    layer = onnx_vit.default_layer()
+    assert layer == "/blocks/blocks.1/norm1/LayerNormalization"  # the torch model's blocks.1.norm1, not a 4-D stem or attention internal
+    assert onnx_vit.feature_layout(layer) == torch_vit.feature_layout("blocks.1.norm1") == FeatureLayout("tokens", (4, 4), 1)
+    assert onnx_vit.layer_shapes([layer]) == {layer: (1, 192, 4, 4)}
+    x = batch()
+    on_onnx = cnnviz_core.run("score_cam", onnx_vit, x, channels=8)
+    on_torch = cnnviz_core.run("score_cam", torch_vit, x, channels=8)
+    np.testing.assert_allclose(on_onnx.maps, on_torch.maps, rtol=1e-3, atol=1e-4 * float(np.abs(on_torch.maps).max()))

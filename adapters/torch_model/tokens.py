@@ -166,3 +166,17 @@ def _default_layer(events, layouts: dict[str, FeatureLayout], prefix: int) -> st
             if before:
                 return before[-1]
     return finished[-1]
+
+
+def tokens_for_export(adapter) -> dict | None:
+    """The token layers an ONNX export records in its sidecar (module names,
+    their layouts and the default CAM layer), so that the ONNX copy reads
+    them as maps too; None for a model without token layers."""
+    found = token_model(adapter)
+    if not found.layouts:
+        return None
+    return {
+        "default_layer": found.default_layer,
+        "layouts": {name: {"kind": layout.kind, "grid": list(layout.grid), "prefix": layout.prefix}
+                    for name, layout in found.layouts.items()},
+    }
