@@ -151,3 +151,22 @@ def test_a_one_shot_iterator_on_two_workers_is_refused_before_any_work(digits, p
     with pytest.raises(InputError, match="one-shot iterator"):
         cnnviz_core.analyze({"pruning": {}}, digits, stream(), device="cpu", workers=2)
     assert read == []
+
+
+def test_the_cli_passes_workers_and_devices_to_the_pass(digits, tmp_path, monkeypatch):
+    from cnnviz_core import api, cli
+
+    asked = {}
+
+    def analyze(params, adapter, dataset, **options):
+        asked.update(options, params=params, dataset=dataset)
+        return {}
+
+    monkeypatch.setattr(cli, "_load", lambda *args, **kwargs: digits)
+    monkeypatch.setattr(api, "analyze", analyze)
+    folder = str(tmp_path / "images")
+    for argv, workers, devices in ((["pruning"], 2, None), (["pruning", "tsne", "--devices", "cpu"], 3, "cpu")):
+        code = cli.main(["run", *argv, "--model", "digits", "--dataset", folder, "--out", str(tmp_path / "out"),
+                         "--workers", str(workers), "--device", "cpu", "--quiet"])
+        assert code == 0 and (asked["workers"], asked["devices"]) == (workers, devices)
+        assert list(asked["params"]) == [a for a in argv if not a.startswith("-") and a != "cpu"]
