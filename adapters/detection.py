@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnviz_core.errors import InputError, ModelLoadError
+
 ROW = ("x0", "y0", "x1", "y1", "score", "label")
 
 
@@ -33,8 +35,8 @@ class DetectionModel(nn.Module):
 
     def __init__(self, detector: nn.Module, max_detections: int = 100, num_classes: int | None = None):
         super().__init__()
-        if max_detections < 1:
-            raise ValueError(f"max_detections must be at least 1, got {max_detections}")
+        if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+            raise InputError(f"DetectionModel: max_detections must be an int of at least 1, got {max_detections!r}")
         self.detector = detector
         self.max_detections = int(max_detections)
         self.num_classes = int(num_classes) if num_classes is not None else class_count(detector)
@@ -56,7 +58,8 @@ def class_count(detector: nn.Module) -> int:
     counts them), read from its head."""
     heads = (
         ("roi_heads", "box_predictor", "cls_score", "out_features"),  # Faster / Mask R-CNN
-        ("head", "classification_head", "num_classes"),  # RetinaNet, SSD, SSDlite, FCOS
+        ("head", "classification_head", "num_classes"),  # RetinaNet, FCOS
+        ("head", "classification_head", "num_columns"),  # SSD, SSDlite
     )
     for path in heads:
         value: Any = detector
@@ -64,7 +67,7 @@ def class_count(detector: nn.Module) -> int:
             value = getattr(value, attribute, None)
         if isinstance(value, int) and value > 0:
             return value
-    raise ValueError(f"cannot read the class count of {type(detector).__name__}: pass DetectionModel(..., num_classes=K)")
+    raise ModelLoadError(f"cannot read the class count of {type(detector).__name__}: pass DetectionModel(..., num_classes=K)")
 
 
 def detection_options(input_size: tuple[int, int]) -> dict[str, Any]:

@@ -109,3 +109,21 @@ def test_faster_rcnn_detection_target_gives_a_finite_score_and_gradcam_map():
     assert result.scores[0] == pytest.approx(top_score, rel=1e-3)
     assert result.maps.shape == (1, 96, 96) and np.isfinite(result.maps).all()
     assert detector.training and hook_total(detector) == 0
+
+
+def test_gradcam_refuses_a_layer_with_one_map_per_proposal():
+    class WithProposals(BrightSquareDetector):
+        """A stand-in for RoI pooling: a layer that outputs 3 maps per image."""
+
+        def __init__(self):
+            super().__init__()
+            self.roi = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            proposals = self.roi(x.repeat(3, 1, 1, 1))
+            return super().forward(x + 0 * proposals.mean())
+
+    model = cnnviz_core.load_model(WithProposals(), input_size=(SIZE, SIZE), mean=(0, 0, 0), std=(1, 1, 1))
+    with pytest.raises(MethodError, match=r"'roi' outputs 3 maps for 1 input\(s\).*RoI layer.*backbone layer"):
+        cnnviz_core.run("gradcam", model, square_image(), target=SQUARE_BOX, layer="roi", normalized=True)
+    assert hook_total(model.module) == 0

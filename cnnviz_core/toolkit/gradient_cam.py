@@ -67,6 +67,9 @@ class GradientCAM(AttributionMethod):
                 raise self.error(
                     f"layer {self.layer!r} outputs shape {tuple(activations.shape)}; a (B, C, H, W) feature map is needed"
                 )
+            if activations.shape[0] != len(inputs):  # a detector's RoI pooling: one map per proposal
+                raise self.error(f"layer {self.layer!r} outputs {activations.shape[0]} maps for {len(inputs)} input(s), "
+                                 "not one per input (a detector's RoI layer?): give --layer a backbone layer")
             scores, classes = explained_scores(logits, targets, self.params.score, input_size=inputs.shape[-2:])
             (gradients,) = torch.autograd.grad(scores.sum(), activations)
         with torch.no_grad():
