@@ -125,7 +125,7 @@ def evaluate(
     dataset: Any = None,
     target: Any = None,
     out: str | os.PathLike | None = None,
-    references: bool = True,
+    references: bool | Sequence[str] = True,
     annotations: str | os.PathLike | None = None,
     batch_size: int = 8,
     device: str | None = None,
@@ -139,7 +139,8 @@ def evaluate(
     (paths, ``skimage:NAME``, arrays — as :func:`cnnviz_core.run` takes them)
     or ``dataset`` (a folder, list file, glob or list of paths). ``target``:
     None (each image's top-1 class), or a class for all. ``references``: also
-    score the model-free references each metric names (random, uniform, Sobel).
+    score the model-free references each metric names (random, uniform, Sobel;
+    a list of names keeps only those).
     ``out``: keep per-chunk maps and scores (a rerun with the same arguments
     reuses them; ``resume=False`` recomputes) and write the leaderboard
     (leaderboard.csv, scores.csv, leaderboard.png, leaderboard.html, one
@@ -156,6 +157,12 @@ def evaluate(
     method_specs, metric_specs = _named(methods, "methods"), _named(metrics, "metrics")
     method_classes, metric_classes = _checked(adapter, method_specs, metric_specs)
     reference_names = sorted({r for cls, _ in metric_classes.values() for r in cls.references}) if references else []
+    if not isinstance(references, bool):
+        wanted = [references] if isinstance(references, str) else list(references)
+        unknown = [r for r in wanted if r not in REFERENCES]
+        if unknown:
+            raise InputError(f"unknown reference map(s) {unknown}; known: {', '.join(REFERENCES)}")
+        reference_names = [r for r in reference_names if r in wanted]
     unknown = [r for r in reference_names if r not in REFERENCES]
     if unknown:
         raise InputError(f"unknown reference map(s) {unknown}; known: {', '.join(REFERENCES)}")

@@ -43,6 +43,8 @@ class UnitStore:
         self.reused = 0  # units read back instead of computed, for reports and tests
 
     def _path(self, *parts: str) -> str:
+        if self.out is None:
+            return ""
         return os.path.join(self.out, *[_safe(p) for p in parts[:-1]], parts[-1])
 
     def _read(self, path: str, key: str) -> dict[str, np.ndarray] | None:
