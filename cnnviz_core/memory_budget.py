@@ -50,7 +50,8 @@ def fitting_batch(per_item: int, available: int, requested: int, margin: float =
 class TorchCudaMemory:
     """torch's caching allocator on a CUDA device: the peak from
     ``max_memory_allocated``; what is available is the device's free memory
-    (``mem_get_info``) plus what the allocator holds but does not use."""
+    (``mem_get_info``) plus what the allocator holds but does not use.
+    Measuring resets torch's peak counter of the device (once per kind of job)."""
 
     def __init__(self):
         self._base: dict[str, int] = {}
