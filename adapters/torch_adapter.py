@@ -104,9 +104,15 @@ class TorchAdapter(ModelAdapter):
             config = PreprocessConfig(**{**base_config.to_dict(), **config_options})
         except ValueError as error:
             raise InputError(f"bad preprocessing option: {error}") from None
-        adapter = cls(module, name, config, labels)
+        from .torch_model.input_channels import fitted
+
+        adapter = cls(fitted(module, config, name), name, config, labels)
         # a bare module's 224 x 224 is a default for resizing pixels, not a size it requires
         adapter.input_size_known = not isinstance(spec, nn.Module) or "input_size" in config_options
+        if "input_size" in config_options:
+            from .torch_model.input_size import check_input_size
+
+            check_input_size(adapter)
         if device is not None:
             adapter.to(device)
         return adapter

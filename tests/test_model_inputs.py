@@ -17,7 +17,7 @@ from torch import nn
 import cnnviz_core
 from cnnviz_core.cli import main
 from cnnviz_core.config import PreprocessConfig
-from cnnviz_core.errors import InputError
+from cnnviz_core.errors import InputError, ModelLoadError
 from conftest import hook_total
 from tiny_models import SmallConvNet
 
@@ -96,9 +96,8 @@ def test_several_outputs_without_the_option_are_refused_listing_them():
 @pytest.mark.parametrize("form, wrong, listed", [("dict", "logits", "'out' (1, 5), 'aux' (1, 7)"), ("tuple", 2, "0 (1, 5), 1 (1, 7)"),
                                                  ("named", "out", "'logits' (1, 5), 'aux' (1, 7)")])
 def test_a_wrong_output_key_names_the_outputs_there_are(form, wrong, listed):
-    model = cnnviz_core.load_model(WithAuxiliary(form).eval(), output=wrong, **CONFIG)
     with pytest.raises(InputError, match=f"no tensor output {wrong!r}; its outputs: {listed}".replace("(", r"\(").replace(")", r"\)")):
-        model.logits(_inputs(1))
+        cnnviz_core.load_model(WithAuxiliary(form).eval(), output=wrong, **CONFIG)  # found by the size check at load
 
 
 @pytest.mark.slow
@@ -143,3 +142,42 @@ def test_non_square_and_larger_inputs_where_the_model_takes_them(size):
         result = cnnviz_core.run(method, model, pixels, window=size[0] // 4, stride=size[0] // 4) if method == "occlusion" \
             else cnnviz_core.run(method, model, pixels)
         assert result.maps.shape == (1, *size) and np.isfinite(result.maps).all()
+
+
+def _tiny_resnet(**kwargs):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", pretrained=False, num_classes=4, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64),
+                             **kwargs).eval()
+
+
+def test_a_one_channel_model_is_fed_the_grey_image_normalized_with_its_statistics():
+    module = _tiny_resnet(in_chans=1)
+    model = cnnviz_core.load_model(module, input_size=(64, 64), mean=(0.4, 0.4, 0.4), std=(0.2, 0.2, 0.2))
+    grey = np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)  # a grey image as (H, W) pixels
+
+    batch = cnnviz_core.preprocess(model, [grey])
+    with torch.no_grad():
+        expected = module((torch.from_numpy(grey).float()[None, None] / 255 - 0.4) / 0.2).numpy()
+    np.testing.assert_allclose(model.logits(batch), expected, rtol=1e-4, atol=1e-5)
+    assert model.layers()[0] == "conv1" and model.module.conv1 is module.conv1  # the model's own layers
+    for method in ("gradcam", "saliency", "occlusion"):
+        result = cnnviz_core.run(method, model, [grey], **({"window": 16, "stride": 16} if method == "occlusion" else {}))
+        assert result.maps.shape == (1, 64, 64) and np.isfinite(result.maps).all() and np.abs(result.maps).max() > 0
+    assert hook_total(module) == 0
+
+
+def test_other_channel_counts_are_refused_at_load_saying_why():
+    with pytest.raises(ModelLoadError, match=r"takes 4-channel inputs.*feeds RGB images \(B, 3, H, W\).*Wrap it"):
+        cnnviz_core.load_model(_tiny_resnet(in_chans=4), input_size=(64, 64))
+
+
+def test_a_size_the_model_was_not_built_for_is_refused_at_load():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=64, depth=1, embed_dim=32,
+                            num_heads=2).eval()
+    with pytest.raises(InputError, match=r"cannot run on 64x96 inputs \(Input width \(96\) doesn't match model \(64\)"):
+        cnnviz_core.load_model(vit, input_size=(64, 96))
+    assert cnnviz_core.load_model(vit, input_size=(64, 64)).logits(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 4)

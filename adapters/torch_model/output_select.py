@@ -17,13 +17,16 @@ from torch import nn
 from cnnviz_core.errors import InputError
 
 
-class SelectedOutput(nn.Module):
-    def __init__(self, model: nn.Module, output: str | int):
+class Adopting(nn.Module):
+    """A module that runs the user's model with something around it while
+    being, to everything that inspects it, that model: the same submodules,
+    parameters and buffers (shared dicts), attributes and train/eval flag."""
+
+    def __init__(self, model: nn.Module):
         super().__init__()
         self._modules = model._modules
         self._parameters = model._parameters
         self._buffers = model._buffers
-        self.output = output
         object.__setattr__(self, "_model", model)  # last (the training flag is the model's from here) and not a submodule
 
     def __getattr__(self, name: str):
@@ -45,6 +48,12 @@ class SelectedOutput(nn.Module):
         model = self.__dict__.get("_model")
         if model is not None:
             model.training = value
+
+
+class SelectedOutput(Adopting):
+    def __init__(self, model: nn.Module, output: str | int):
+        super().__init__(model)
+        self.output = output
 
     def forward(self, *args, **kwargs):
         return select(self._model(*args, **kwargs), self.output, type(self._model).__name__)
