@@ -1,5 +1,6 @@
-"""Pointing game (Zhang et al. 2016/2018): a hit when the map's maximum falls
-on the object. Per image 1 (hit) or 0 (miss); the summary's mean is the
+"""Pointing game (Zhang et al. 2016/2018, with its energy-based version in
+Wang et al. 2020's Score-CAM paper: ``energy_pointing_game``): a hit when the
+map's maximum falls on the object. Per image 1 (hit) or 0 (miss); the summary's mean is the
 accuracy; higher is better.
 
 Definition choices (see :mod:`cnnviz_plugins.evaluation.support.localization_math`
