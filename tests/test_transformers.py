@@ -105,6 +105,23 @@ def test_gradcam_gradient_flows_through_the_token_reshape():
     assert hook_count(net) == 0
 
 
+def test_layer_features_read_token_layers_as_maps_with_gradients():
+    from cnnviz_core.toolkit import LayerFeatures
+
+    net = TokenNet(1)
+    adapter = cnnviz_core.load_model(net, input_size=(16, 16))
+    features = LayerFeatures(adapter, ["mixer"], "test")
+    x = torch.from_numpy(batch(2, 16)).requires_grad_(True)
+    _, reference = features.reference(x)
+    read = features(x)["mixer"]
+    expected = net.patch_embed(x)
+    assert read.shape == reference["mixer"].shape == (2, 5, 4, 4)
+    torch.testing.assert_close(read, expected)
+    (gradient,) = torch.autograd.grad(read.square().sum(), x)
+    (expected_gradient,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(gradient, expected_gradient)
+
+
 def test_layout_round_trip_and_refusal():
     layout = FeatureLayout("tokens", (2, 3), 2)
     tokens = torch.arange(2 * 8 * 4, dtype=torch.float32).reshape(2, 8, 4)

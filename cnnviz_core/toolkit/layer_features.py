@@ -60,12 +60,15 @@ def read_layers(
 class LayerFeatures:
     """The outputs of ``names`` (layers of ``adapter``'s model) for a method
     named ``method`` (its errors name it): call :meth:`reference` once, then
-    call the object for each differentiable, early-stopped read."""
+    call the object for each differentiable, early-stopped read. Token and
+    channels-last layers (a transformer's) come as (B, C, h, w) maps, through
+    the adapter's ``feature_layout``; the reshape is in the graph."""
 
     def __init__(self, adapter, names: list[str], method: str):
         self.module: nn.Module = adapter.module
         self.names = list(dict.fromkeys(names))
         self.layers = {name: adapter.get_layer(name) for name in self.names}
+        self.layouts = {name: adapter.feature_layout(name) for name in self.names}
         self.method = method
         self.stop_early = False
 
@@ -101,4 +104,4 @@ class LayerFeatures:
             if not isinstance(output, torch.Tensor):
                 what = "did not run in the forward pass" if name not in outputs else f"returns {type(output).__name__}, not a tensor"
                 raise MethodError(self.method, f"layer {name!r} {what}; choose another layer")
-        return {name: outputs[name] for name in self.names}
+        return {name: self.layouts[name].to_map(outputs[name]) if self.layouts[name] else outputs[name] for name in self.names}
