@@ -13,6 +13,10 @@ so a ``detection:CLASS@x0,y0,x1,y1`` target (``toolkit.scores.detection_score``:
 the best-matching detection's IoU × score) gives Grad-CAM and the input-gradient
 methods a score to explain, and D-RISE reads the same rows forward-only.
 
+Its ONNX export is refused (:data:`ONNX_REFUSAL` says why); a detector written
+without data-dependent steps exports like any model, and D-RISE runs on its
+ONNX copy.
+
 Torchvision's detectors normalize and resize internally: give them pixels in
 [0, 1] (mean 0, std 1; :func:`detection_options`). CAM methods need
 ``layer=`` on a backbone layer (Faster R-CNN's default spatial layer would be
@@ -28,6 +32,12 @@ from torch import nn
 from cnnviz_core.errors import InputError, ModelLoadError
 
 ROW = ("x0", "y0", "x1", "y1", "score", "label")
+ONNX_REFUSAL = (
+    "a wrapped torchvision detector cannot be exported to ONNX faithfully: the tracer fixes its data-dependent "
+    "steps (the per-image loop over the batch, score filtering, non-maximum suppression, the number of detections) "
+    "at the example image, so the copy returns wrong detections on other images (an SSDlite copy exported with a "
+    "fixed batch of 1 differed from torch by up to 88 pixels); run drise and the gradient methods on the torch model"
+)
 
 
 class DetectionModel(nn.Module):
@@ -42,6 +52,8 @@ class DetectionModel(nn.Module):
         self.num_classes = int(num_classes) if num_classes is not None else class_count(detector)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            raise InputError(ONNX_REFUSAL)
         found = self.detector(list(images))
         rows = []
         for detections in found:

@@ -127,3 +127,39 @@ def test_gradcam_refuses_a_layer_with_one_map_per_proposal():
     with pytest.raises(MethodError, match=r"'roi' outputs 3 maps for 1 input\(s\).*RoI layer.*backbone layer"):
         cnnviz_core.run("gradcam", model, square_image(), target=SQUARE_BOX, layer="roi", normalized=True)
     assert hook_total(model.module) == 0
+
+
+class ListDetector(nn.Module):
+    """torchvision's detector interface in small: a list of (3, H, W) images
+    in, one dict of boxes, scores and labels per image out; each image's three
+    detections are boxes around its three brightest columns' centres."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, images):
+        found = []
+        for image in images:
+            column = image.mean(dim=(0, 1)) * self.scale
+            scores, where = column.topk(3)
+            x = where.to(image.dtype)
+            boxes = torch.stack([x, torch.zeros_like(x), x + 2, torch.full_like(x, 4.0)], dim=1)
+            found.append({"boxes": boxes, "scores": scores.sigmoid(), "labels": torch.tensor([1, 2, 1])})
+        return found
+
+
+def test_detection_model_rows_are_sorted_padded_and_differentiable(tmp_path):
+    wrapped = DetectionModel(ListDetector(), max_detections=5, num_classes=3)
+    images = torch.rand(2, 3, 4, 8, requires_grad=True)
+    rows = wrapped(images)
+    assert rows.shape == (2, 5, 6) and not rows[:, 3:].any()  # three detections, two zero rows
+    assert (rows[:, :3, 4].diff(dim=1) <= 0).all() and set(rows[:, :3, 5].unique().tolist()) == {1.0, 2.0}
+    rows[0, 0, 4].backward()
+    assert images.grad[0].abs().sum() > 0 and not images.grad[1].any()
+    adapter = cnnviz_core.load_model(wrapped, **detection_options((4, 8)))
+    with pytest.raises(cnnviz_core.InputError, match="cannot be exported to ONNX faithfully.*run drise"):
+        export_onnx(adapter, tmp_path / "detector.onnx")
+    assert not list(tmp_path.iterdir())  # no half-written model or sidecar
+    with pytest.raises(cnnviz_core.ModelLoadError, match="pass DetectionModel\\(..., num_classes=K\\)"):
+        DetectionModel(ListDetector())
