@@ -148,7 +148,7 @@ def print_timings(results: dict, limit_label: str, tools: list[str], peers: list
         rows.append([
             label,
             m.per_item_ms,
-            m.median_ms,
+            m.best_ms,
             m.per_item_ms / limit,
             m.per_item_ms / fastest_peer if label in tools else None,
             m.spread, m.cores_used,
@@ -156,9 +156,9 @@ def print_timings(results: dict, limit_label: str, tools: list[str], peers: list
             m.extra_mib,
         ])
     print_table(
-        ["configuration", "ms/image", "median", "x limit", "x fastest peer", "worst/best", "cores used", "peak RSS MiB", "+RSS MiB"],
+        ["configuration", "ms/image", "best", "x limit", "x fastest peer", "worst/best", "cores used", "peak RSS MiB", "+RSS MiB"],
         rows,
-        title=f"Grad-CAM, batch {BATCH}, best of the timed calls (limit = '{limit_label}')",
+        title=f"Grad-CAM, batch {BATCH}, median of the timed calls; worst/best = their spread (limit = '{limit_label}')",
     )
 
 
@@ -205,10 +205,10 @@ def main() -> None:
     cnnviz, captum = results[tools[0]], [results[tools[1]], results[tools[2]]]
     best_ratio = cnnviz.best_s / min(m.best_s for m in captum)
     median_ratio = cnnviz.median_ms / min(m.median_ms for m in captum)
-    verdict = "meets" if best_ratio <= 1.0 else "MISSES"
+    verdict = "meets" if median_ratio <= 1.0 else "MISSES"
     print(
-        f"\ncnnviz / best Captum LayerGradCam = {best_ratio:.2f} on best times ({verdict} DESIGN 6: not slower "
-        f"than Captum), {median_ratio:.2f} on medians"
+        f"\ncnnviz / best Captum LayerGradCam = {median_ratio:.2f} on medians ({verdict} DESIGN 6: not slower "
+        f"than Captum), {best_ratio:.2f} on best times"
     )
     warn_if_busy()
 

@@ -83,9 +83,9 @@ def main() -> None:
     for label, m in results.items():
         peer = label.replace("cnnviz", "captum")
         ratio = m.per_item_ms / results[peer].per_item_ms if label.startswith("cnnviz") else None
-        rows.append([label, m.per_item_ms, m.per_item_ms / base, ratio, m.peak_mib, m.extra_mib])
-    print_table(["configuration", "ms/image", "x limit", "x captum", "peak RSS MiB", "+RSS MiB"], rows,
-                title=f"batch {BATCH}, best of the timed calls")
+        rows.append([label, m.per_item_ms, m.per_item_ms / base, ratio, m.spread, m.peak_mib, m.extra_mib])
+    print_table(["configuration", "ms/image", "x limit", "x captum", "worst/best", "peak RSS MiB", "+RSS MiB"], rows,
+                title=f"batch {BATCH}, median of the timed calls")
     agreement = [[method, correlation(results[f"cnnviz {method}"].check, results[f"captum {method}"].check)]
                  for method in ("saliency", "guided_backprop")]
     print_table(["method", "gradient image corr (worst image)"], agreement,

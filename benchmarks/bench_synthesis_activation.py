@@ -110,12 +110,12 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         limit = results[f"limit: forward + backward to the image, batch {batch}"]
-        limit_step, limit_cpu = limit.best_s / STEPS, min(limit.cpu_s) / STEPS
+        limit_step, limit_cpu = limit.median_s / STEPS, limit.median_cpu_s / STEPS
         for label, m in results.items():
             if not label.endswith(f"batch {batch}"):
                 continue
-            step = m.best_s / steps_per_call[label]
-            cpu_step = min(m.cpu_s) / steps_per_call[label]
+            step = m.median_s / steps_per_call[label]
+            cpu_step = m.median_cpu_s / steps_per_call[label]
             objective = m.check[0] if m.check else None
             rows.append([
                 label, 1.0 / step, batch / step, step / limit_step, cpu_step / limit_cpu, m.spread, m.cores_used, m.peak_mib,
@@ -126,7 +126,7 @@ def main() -> None:
         ["configuration", "steps/s", "image-steps/s", "x limit (wall per step)", "x limit (CPU per step)", "worst/best",
          "cores used", "peak RSS MiB", f"objective start -> end (item 0, {STEPS} steps)"],
         rows,
-        title="Steps per second (best of the timed calls; per-step time includes each call's set-up and final evaluation)",
+        title="Steps per second (median of the timed calls; per-step time includes each call's set-up and final evaluation)",
     )
     warn_if_busy()
 

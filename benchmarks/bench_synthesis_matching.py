@@ -99,18 +99,18 @@ def main() -> None:
 
     rows = []
     for batch in args.batches:
-        limit_step = results[f"limit: forward + backward to the image, batch {batch}"].best_s
+        limit_step = results[f"limit: forward + backward to the image, batch {batch}"].median_s
         for label, m in results.items():
             if not label.endswith(f"batch {batch}"):
                 continue
-            step = m.best_s / steps_per_call[label]
+            step = m.median_s / steps_per_call[label]
             progress = f"{m.check[0]} {m.check[1]:.3g} -> {m.check[2]:.3g}" if m.check else None
             rows.append([label, 1.0 / step, batch / step, step / limit_step, m.spread, m.cores_used, m.peak_mib, progress])
     print_table(
         ["configuration", "steps/s", "image-steps/s", "x limit (time per step)", "worst/best", "cores used", "peak RSS MiB",
          f"item 0 over {STEPS} steps"],
         rows,
-        title="Steps per second (best of the timed calls; per-step time includes each call's set-up and final evaluation)",
+        title="Steps per second (median of the timed calls; per-step time includes each call's set-up and final evaluation)",
     )
     warn_if_busy()
 

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: isolated measurement (time and peak
-memory of one configuration in a fresh process), real input images, and
-aligned result tables."""
+memory of one configuration in a fresh process), repetition with median and
+spread (every verdict is taken on the median), a controlled background load,
+real input images, and aligned result tables."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import platform
 import re
 import resource
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -118,12 +120,27 @@ class Measurement:
 
     @property
     def per_item_ms(self) -> float:
-        return 1000 * self.best_s / self.items
+        """Per-item median of the timed calls: what ratios and verdicts use
+        (a best time flatters whichever tool was lucky with the machine)."""
+        return self.median_ms
 
     @property
     def median_ms(self) -> float:
-        """Per-item median: steadier than the best when a tool's calls vary a lot."""
         return 1000 * float(np.median(self.times_s)) / self.items
+
+    @property
+    def median_s(self) -> float:
+        """Median wall seconds of one timed call."""
+        return float(np.median(self.times_s))
+
+    @property
+    def median_cpu_s(self) -> float:
+        return float(np.median(self.cpu_s))
+
+    @property
+    def best_ms(self) -> float:
+        """Per-item minimum: the call least disturbed by the machine."""
+        return 1000 * self.best_s / self.items
 
     @property
     def cores_used(self) -> float:
@@ -176,8 +193,8 @@ def _child_check() -> Any:
 def measure(configs: list[Config], repeats: int) -> dict[str, Measurement]:
     """Each configuration in its own spawned process (so that its peak memory is
     its own), timed in rounds that visit every configuration once: a burst of
-    load elsewhere on the machine then hits all of them alike, and the best of
-    ``repeats`` calls (after the cold one) is kept."""
+    load elsewhere on the machine then hits all of them alike. Every one of the
+    ``repeats`` calls (after the cold one) is kept; ratios use their median."""
     context = multiprocessing.get_context("spawn")
     pools: dict[str, concurrent.futures.ProcessPoolExecutor] = {}
     try:
@@ -205,6 +222,75 @@ def measure(configs: list[Config], repeats: int) -> dict[str, Measurement]:
     finally:
         for pool in pools.values():
             pool.shutdown()
+
+
+# -- repetition: median and spread -------------------------------------------
+def median_spread(values) -> tuple[float, float]:
+    """The median and the spread (largest over smallest; 1 = no variation)."""
+    values = [float(v) for v in values]
+    low = min(values)
+    return float(np.median(values)), (max(values) / low if low > 0 else float("inf"))
+
+
+def spread_text(values) -> str:
+    """min-max range and spread, for a table cell."""
+    values = [float(v) for v in values]
+    return f"{min(values):.3g}-{max(values):.3g} (x{median_spread(values)[1]:.2f})"
+
+
+def repeat(measurement: Callable[[], float], times: int) -> list[float]:
+    """``measurement()`` called ``times`` times (each may start fresh processes)."""
+    return [measurement() for _ in range(times)]
+
+
+def fresh_process_seconds(command: list[str], env: dict | None = None, timeout: float = 1800) -> float:
+    """Wall seconds of ``command`` in a fresh process (start-up included); it must succeed."""
+    start = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    elapsed = time.perf_counter() - start
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({completed.returncode}): {completed.stderr[-1500:]}")
+    return elapsed
+
+
+def verdict(name: str, ratios, target: float, unit: str = "x") -> bool:
+    """Print the median (and spread) of ``ratios`` against ``target`` (at most); True when met."""
+    median, spread = median_spread(ratios)
+    met = median <= target
+    values = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"{name}: median {median:.2f}{unit} over {len(ratios)} ({values}; spread x{spread:.2f}) -> "
+          f"{'meets' if met else 'MISSES'} <= {target:g}{unit}")
+    return met
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+class BackgroundLoad:
+    """``processes`` processes each spinning on one core while the block runs:
+    the controlled load of benchmarks/busy.py."""
+
+    def __init__(self, processes: int = 1):
+        self.processes = processes
+        self._children: list = []
+
+    def __enter__(self) -> "BackgroundLoad":
+        context = multiprocessing.get_context("spawn")
+        for _ in range(self.processes):
+            child = context.Process(target=_spin, daemon=True)
+            child.start()
+            self._children.append(child)
+        time.sleep(0.5)  # let them reach full speed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in self._children:
+            child.terminate()
+        for child in self._children:
+            child.join(5)
+        self._children.clear()
 
 
 # -- agreement checks ------------------------------------------------------

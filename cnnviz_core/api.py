@@ -12,7 +12,7 @@ from .adapter import ModelAdapter
 from .errors import CapabilityError, CnnvizError, InputError, MethodWarning, ModelLoadError
 from .method import Method
 from .registry import get_registry
-from .runtime_tuning import using_threads
+from .runtime_tuning import tune_allocator, using_threads
 from .scheduler import Scheduler
 from .targets import parse_targets
 
@@ -22,6 +22,7 @@ def load_model(spec: Any, **options) -> ModelAdapter:
     a path to an ``.onnx`` file, or a ``torch.nn.Module``. An adapter passes
     through unchanged. Options go to the adapter (``weights``, ``input_size``,
     ``mean``, ``std``, ``labels``, ``device`` …)."""
+    tune_allocator()  # once per process: freed activation buffers stay for the next batch (runtime_tuning)
     if isinstance(spec, ModelAdapter):
         return spec
     registry = get_registry()
