@@ -57,7 +57,7 @@ def run_parallel(methods: Sequence[AnalysisMethod], source: Dataset, devices: li
     chunks = list(range(-(-source.length // size)))
     checkpoint, key = _checkpoint_path(methods, source, out, batch_size) if out is not None else (None, None)
     if checkpoint is not None:
-        checkpoint, key = checkpoint.replace(".npz", f".chunks{size}.npz"), f"{key}:chunks{size}"
+        checkpoint, key = f"{checkpoint[:-len('.npz')]}.chunks{size}.npz", f"{key}:chunks{size}"
     done: set[int] = set()
     seen, skipped = 0, []
     if checkpoint is not None and resume and os.path.exists(checkpoint):
