@@ -500,3 +500,29 @@ def test_fitting_batch_keeps_the_margin_and_its_bounds():
     assert fitting_batch(100, 1000, 64) == int(1000 * (1 - MARGIN)) // 100
     assert fitting_batch(0, 1000, 64) == 64 and fitting_batch(10**9, 1, 64) == 1
     assert fitting_batch(1, 10**12, 7) == 7
+
+
+def test_a_run_under_auto_moves_its_model_to_the_cpu_on_oom_and_puts_it_back(monkeypatch):
+    """cnnviz_core.run places the model, and gives the scheduler the move to
+    the CPU; 'cuda:0' is played by torch's 'cpu:0' (a real move on this machine)."""
+    import cnnviz_core
+    from conftest import small_torch_adapter
+
+    from cnnviz_core.errors import MethodWarning
+
+    adapter = small_torch_adapter()
+    inputs = np.random.default_rng(2).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    expected = cnnviz_core.run("gradcam", adapter, inputs, device="cpu", normalized=True)  # also the checks done once per model
+    moves, move = [], adapter.to
+
+    def recorded(device):
+        moves.append(device)
+        return move("cpu:0" if device == "cuda:0" else device)
+
+    monkeypatch.setattr(adapter, "to", recorded)
+    scheduler = make_scheduler(inventory=one_gpu(), oom_check=fake_oom_check, memory=FakeMemory(GiB, 10 * GiB))
+    oom_on_the_gpu(adapter, scheduler, monkeypatch)
+    with pytest.warns(MethodWarning, match="on the CPU"):
+        result = cnnviz_core.run("gradcam", adapter, inputs, scheduler=scheduler, normalized=True)
+    assert moves == ["cuda:0", "cpu", "cpu"]  # placed on the GPU, moved at the OOM, put back where it was
+    assert adapter.device == "cpu" and np.array_equal(result.maps, expected.maps)
