@@ -368,7 +368,7 @@ def test_batch_size_is_tuned_on_real_batches(ms_by_size, expected, monkeypatch):
     tuning, rows = tune_batch(runner, None, boxes, None, (4, 8, 16, 32, 64))
     assert tuning.complete and tuning.batch_size == expected
     assert sorted(rows) == list(range(sum(runner.sizes)))  # every result kept, in order
-    assert all(runner.sizes.count(size) == 2 for size in set(runner.sizes))  # two batches per size tried
+    assert all(runner.sizes.count(size) == occlusion_backends.TUNE_BATCHES for size in set(runner.sizes))  # per size tried
     short = tune_batch(SizedRunner(ms_by_size).clock(monkeypatch), None, boxes[:40], None, (4, 8, 16, 32, 64))[0]
     assert not short.complete and short.batch_size in (16, expected)
 

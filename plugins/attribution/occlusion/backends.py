@@ -193,7 +193,7 @@ MIN_PROBE_ROUNDS = 2
 @dataclasses.dataclass
 class Decision:
     chosen: str
-    probe_ms_per_window: dict[str, float]  # each candidate's median (or best of two) probe batch
+    probe_ms_per_window: dict[str, float]  # each candidate's median (or faster of two) probe batch
     how: str  # "probe", "remembered" (an earlier probe in this process), "remembered on disk" (an earlier process),
     # "forced", "only option", "job too small to probe"
 
@@ -303,12 +303,13 @@ def probe_runners(runners: dict, image: torch.Tensor, boxes: np.ndarray, fill: t
 # -- the batch size -----------------------------------------------------------------
 BATCH_LADDER = {"cpu": (4, 8, 16, 32, 64), "cuda": (16, 32, 64, 128, 256)}
 TUNE_GAIN = 0.95  # a batch size is taken only when at least 5% faster per window
+TUNE_BATCHES = 3  # batches timed at each size: their median counts (the first at a new size pays its planning)
 
 
 @dataclasses.dataclass
 class Tuning:
     batch_size: int
-    ms_per_window: dict[int, float]  # best of two batches at each size tried
+    ms_per_window: dict[int, float]  # median of TUNE_BATCHES batches at each size tried
     complete: bool  # False: the windows ran out before a size was settled
 
 
@@ -317,8 +318,9 @@ def tune_batch(runner, image, boxes: np.ndarray, fill, ladder: tuple[int, ...],
     """Climb the runner's batch size along ``ladder`` on real batches of
     ``boxes``: up while a larger batch is faster per window, else down while a
     smaller one is (load makes larger batches pay off; cache sizes smaller
-    ones). Each size counts its best of two batches (the first at a new size
-    pays the runtime's planning for that shape). ``known_ms``: the current
+    ones). Each size counts the median of ``TUNE_BATCHES`` batches (the first
+    at a new size pays the runtime's planning for that shape; one slowed by
+    load elsewhere does not decide either). ``known_ms``: the current
     size's per-window time if already measured. Returns the tuning and the
     logits computed on the way, by index into ``boxes``."""
     rows: dict[int, np.ndarray] = {}
@@ -327,19 +329,19 @@ def tune_batch(runner, image, boxes: np.ndarray, fill, ladder: tuple[int, ...],
 
     def timed(size: int) -> float | None:
         nonlocal start
-        best = float("inf")
-        for _ in range(2):
+        times = []
+        for _ in range(TUNE_BATCHES):
             chunk = boxes[start : start + size]
             if len(chunk) < size:
                 return None
             began = time.perf_counter()
             out = runner.occluded_logits(image, chunk, fill)
-            best = min(best, 1000 * (time.perf_counter() - began) / size)
+            times.append(1000 * (time.perf_counter() - began) / size)
             for offset, row in enumerate(out):
                 rows[start + offset] = row
             start += size
-        timings[size] = best
-        return best
+        timings[size] = summarize(times)
+        return timings[size]
 
     current = runner.batch_size
     if current not in ladder:
