@@ -70,16 +70,13 @@ class EigenCAM(AttributionMethod):
     def setup(self) -> None:
         self.layer = self.params.layer or self.adapter.default_layer()
         self.adapter.check_layer(self.layer)
-        self.layout = self.adapter.feature_layout(self.layer) if hasattr(self.adapter, "feature_layout") else None
 
     def attribute(self, inputs: np.ndarray, targets) -> Attribution:
         import torch
         import torch.nn.functional as F
 
         logits, outputs = self.adapter.logits_and_activations(inputs, [self.layer])
-        activations = outputs[self.layer]
-        if self.layout is not None:  # transformer tokens or channels-last maps → (B, C, h, w)
-            activations = np.asarray(self.layout.to_map(activations))
+        activations = outputs[self.layer]  # token and channels-last layers already come as (B, C, h, w) maps (adapter contract)
         if activations.ndim != 4:
             raise self.error(f"layer {self.layer!r} outputs shape {activations.shape}; a (B, C, h, w) feature map is "
                              "needed: pick a convolutional layer (cnnviz models --layers MODEL lists them)")
