@@ -1,7 +1,7 @@
 """Region targets on segmentation models (Seg-Grad-CAM, Vinogradova et al.
 2020): the class's logits summed over a box or mask, checked by hand on a
 colour-segmenting net and run on torchvision's DeepLabV3 and FCN (random
-initialization, 64 px)."""
+initialization, 32 px)."""
 
 from __future__ import annotations
 
@@ -98,21 +98,25 @@ def test_boxes_and_masks_are_scaled_to_a_smaller_output():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder, layer", [("deeplabv3_mobilenet_v3_large", "backbone.16"), ("fcn_resnet50", "backbone.layer4")])
-def test_torchvision_segmentation_dict_output(builder, layer):
+@pytest.mark.parametrize("builder, layer, pick", [("deeplabv3_mobilenet_v3_large", "backbone.16", True),
+                                                  ("fcn_resnet50", "backbone.layer4", False)])
+def test_torchvision_segmentation_dict_output(builder, layer, pick):
     from torchvision.models import segmentation
 
     torch.manual_seed(0)
     network = getattr(segmentation, builder)(weights=None, weights_backbone=None, num_classes=3, aux_loss=False).eval()
-    network.num_classes = 3  # torchvision's segmentation models return {"out": ...}; the adapter reads the class count here
-    model = cnnviz_core.load_model(network, input_size=(64, 64))
-    image = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
-    box = (10, 20, 40, 50)
+    if pick:  # the adapter picks the map from torchvision's {"out": ...}
+        model = cnnviz_core.load_model(network, input_size=(32, 32), output="out")
+    else:  # the dict itself reaches the region target, which reads "out"; the class count from the module
+        network.num_classes = 3
+        model = cnnviz_core.load_model(network, input_size=(32, 32))
+    image = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    box = (5, 10, 20, 25)
     result = cnnviz_core.run("gradcam", model, image, target=f"region:2@{box[0]},{box[1]},{box[2]},{box[3]}", layer=layer,
                              normalized=True)
     with torch.no_grad():
         out = network(torch.from_numpy(image))["out"][0, 2].numpy()
     assert result.scores[0] == pytest.approx(out[box[1]:box[3], box[0]:box[2]].sum(), rel=1e-4, abs=1e-3)
-    assert result.maps.shape == (1, 64, 64) and np.isfinite(result.maps).all()
+    assert result.maps.shape == (1, 32, 32) and np.isfinite(result.maps).all()
     assert np.abs(result.extras["layer_map"]).max() > 0  # the region's gradient reached the backbone
     assert hook_total(network) == 0
