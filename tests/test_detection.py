@@ -89,7 +89,7 @@ def test_detection_target_on_the_toy_detector_is_iou_times_score():
 
 
 @pytest.mark.slow
-def test_faster_rcnn_detection_target_gives_a_finite_score_and_gradcam_map():
+def test_faster_rcnn_detection_target_gives_a_finite_score_gradcam_and_eigencam_maps():
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
     torch.manual_seed(0)
@@ -108,6 +108,8 @@ def test_faster_rcnn_detection_target_gives_a_finite_score_and_gradcam_map():
     # the best match of a detection's own box is that detection (IoU 1, the highest score)
     assert result.scores[0] == pytest.approx(top_score, rel=1e-3)
     assert result.maps.shape == (1, 96, 96) and np.isfinite(result.maps).all()
+    eigen = cnnviz_core.run("eigencam", adapter, image, layer="detector.backbone.body.16", normalized=True)
+    assert eigen.maps.shape == (1, 96, 96) and np.abs(eigen.maps).max() > 0 and eigen.classes[0] == -1
     assert detector.training and hook_total(detector) == 0
 
 
