@@ -152,13 +152,15 @@ def analyze(
     progress: bool | None = None,
     workers: int | None = None,
     devices: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run several analyses over ONE streaming pass of ``dataset``: each batch
     is decoded and run through the model once, and the activations are shared.
     ``methods``: names, or a dict name -> parameters. Returns results by name.
     ``workers`` CPU processes (or ``devices="cuda:0,cuda:1"`` / ``"all"``, one
     per GPU) share the pass, each on its own model replica; their partial
-    states merge into the result of one process."""
+    states merge into the result of one process. ``threads``: compute threads
+    in this process, or in each worker (default: cores / workers there)."""
     from .analysis_pass import run_pass
 
     chosen = dict(methods) if isinstance(methods, dict) else {name: {} for name in methods}
@@ -171,7 +173,7 @@ def analyze(
             raise InputError(f"{name} is a {method_class.kind} method; only analyses share a dataset pass")
         check_capabilities(method_class, adapter)
         checked.append((method_class, method_class.make_params(**(params or {}))))
-    with placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as scheduler:
+    with using_threads(threads), placed(adapter, scheduler_for(adapter, device, scheduler, progress)) as scheduler:
         instances = [method_class(adapter, method_params, scheduler) for method_class, method_params in checked]
         results = run_pass(instances, dataset, out=out, resume=resume, workers=workers, devices=devices)
     return dict(zip(chosen, results))

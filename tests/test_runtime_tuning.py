@@ -92,6 +92,9 @@ def test_bad_thread_counts_are_typed_errors(small_onnx_path, small_folder, tmp_p
     with pytest.raises(cnnviz_core.InputError, match="threads must be"):
         cnnviz_core.run_dataset("occlusion", small_onnx_path, small_folder, out=tmp_path / "store", threads=value)
     assert not os.path.exists(tmp_path / "store")
+    with pytest.raises(cnnviz_core.InputError, match="threads must be"):
+        cnnviz_core.analyze(["top_patches"], small_onnx_path, small_folder, out=tmp_path / "pass", threads=value)
+    assert not os.path.exists(tmp_path / "pass")
 
 
 def test_allocator_is_tuned_once_and_can_be_left_alone():
