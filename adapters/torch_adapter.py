@@ -206,6 +206,11 @@ class TorchAdapter(ModelAdapter):
 
         return tokens.token_model(self).layouts.get(layer)
 
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        from .torch_model import tokens
+
+        return tuple(self.config.input_size) if tokens.strict_input_size(self.module) else None
+
     def _as_map_shape(self, layer: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         layout = self.feature_layout(layer)
         return layout.map_shape(shape) if layout is not None else shape

@@ -112,6 +112,12 @@ class ModelAdapter(abc.ABC):
         takes it). Default: None."""
         return None
 
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """The only input size (H, W) the model accepts (a transformer with a
+        fixed patch grid), or None when it takes others. Methods that resize
+        their images (DeepDream's octaves) refuse such a model. Default: None."""
+        return None
+
     def check_layer(self, layer: str) -> str:
         names = self.layers()
         if layer not in names:

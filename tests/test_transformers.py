@@ -58,12 +58,12 @@ def tiny_timm(name: str, **options) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def vit():
-    return cnnviz_core.load_model(tiny_timm("vit_tiny_patch16_224", depth=4), input_size=(SIZE, SIZE))
+    return cnnviz_core.load_model(tiny_timm("vit_tiny_patch16_224", depth=2), input_size=(SIZE, SIZE))
 
 
 @pytest.fixture(scope="module")
 def deit():
-    return cnnviz_core.load_model(tiny_timm("deit_tiny_distilled_patch16_224", depth=3), input_size=(SIZE, SIZE))
+    return cnnviz_core.load_model(tiny_timm("deit_tiny_distilled_patch16_224", depth=2), input_size=(SIZE, SIZE))
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +194,10 @@ def test_guided_backprop_on_gelu_warns(vit):
     assert any(issubclass(w.category, MethodWarning) and "GELU" in str(w.message) for w in caught)
 
 
-def test_onnx_copy_reads_the_same_token_layers(tmp_path):
+def test_onnx_copy_reads_the_same_token_layers(vit, tmp_path):
     from cnnviz_adapters.onnx_export import export_onnx
 
-    torch_vit = cnnviz_core.load_model(tiny_timm("vit_tiny_patch16_224", depth=2), input_size=(SIZE, SIZE))
+    torch_vit = vit
     onnx_vit = cnnviz_core.load_model(export_onnx(torch_vit, tmp_path / "vit.onnx"))
     layer = onnx_vit.default_layer()
     assert layer == "/blocks/blocks.1/norm1/LayerNormalization"  # the torch model's blocks.1.norm1, not a 4-D stem or attention internal
@@ -207,3 +207,14 @@ def test_onnx_copy_reads_the_same_token_layers(tmp_path):
     on_onnx = cnnviz_core.run("score_cam", onnx_vit, x, channels=8)
     on_torch = cnnviz_core.run("score_cam", torch_vit, x, channels=8)
     np.testing.assert_allclose(on_onnx.maps, on_torch.maps, rtol=1e-3, atol=1e-4 * float(np.abs(on_torch.maps).max()))
+
+
+def test_fixed_size_transformer_refuses_resizing_octaves(vit):
+    assert vit.fixed_input_size() == (SIZE, SIZE)
+    assert cnnviz_core.load_model(TinyCamNet(), input_size=(16, 16)).fixed_input_size() is None
+    dynamic = cnnviz_core.load_model(tiny_timm("vit_tiny_patch16_224", depth=1, dynamic_img_size=True), input_size=(SIZE, SIZE))
+    assert dynamic.fixed_input_size() is None
+    images = np.random.default_rng(0).random((1, 3, SIZE, SIZE)).astype(np.float32)
+    with pytest.raises(InputError, match="--octaves 1"):
+        cnnviz_core.run("deepdream", vit, images, steps=1)
+    assert hook_count(vit.module) == 0

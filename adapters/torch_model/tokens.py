@@ -56,6 +56,16 @@ def _patch_embedding(module: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
+def strict_input_size(module: nn.Module) -> bool:
+    """Whether the patch embedding takes only the size it was built for
+    (timm's ``strict_img_size`` without ``dynamic_img_size``)."""
+    embedding = _patch_embedding(module)
+    if embedding is None:
+        return False
+    patch_embed = embedding[1]
+    return bool(getattr(patch_embed, "strict_img_size", False)) and not getattr(patch_embed, "dynamic_img_size", False)
+
+
 def prefix_tokens(module: nn.Module) -> int:
     """Class, distillation and register tokens before the patch tokens:
     timm says so in ``num_prefix_tokens``; otherwise they are counted from

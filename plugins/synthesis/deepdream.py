@@ -89,6 +89,10 @@ class DeepDream(SynthesisMethod):
                 f"deepdream: {self.params.octaves} octaves at scale {self.params.octave_scale} shrink the image to "
                 f"{self._sizes[0][0]}x{self._sizes[0][1]} pixels (under {MIN_OCTAVE_SIDE}); use fewer --octaves or a smaller --octave-scale"
             )
+        fixed = self.adapter.fixed_input_size()
+        if fixed is not None and len(set(self._sizes)) > 1:
+            raise InputError(f"deepdream: model {self.adapter.name!r} takes only {fixed[0]}x{fixed[1]} inputs (a fixed "
+                             "patch grid), so its octaves cannot shrink the image; use --octaves 1")
         self._reference = self.adapter.layer_shapes([self._layer])
 
     def check_targets(self, targets) -> None:
