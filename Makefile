@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_synthesis_attacks.py
 	$(PY) benchmarks/bench_analysis_pass.py
 	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_dataset.py
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info
