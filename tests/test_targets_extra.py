@@ -108,3 +108,11 @@ def test_a_class_target_on_a_map_output_points_to_region_targets():
     adapter = cnnviz_core.load_model(MapNet(), input_size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1))
     with pytest.raises(TargetError, match=r"needs \(B, classes\) logits.*\(1, 2, 8, 8\).*region:CLASS"):
         cnnviz_core.run("gradcam", adapter, np.zeros((1, 3, 8, 8), np.float32), layer="conv", normalized=True)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_methods_that_turn_targets_into_classes_refuse_output_targets(small_inputs, method):
+    adapter = small_torch_adapter()
+    for target in ("multilabel:1", lambda outputs: outputs[:, 1]):
+        with pytest.raises(TargetError, match=rf"{method} needs .*got (multilabel:1|callable:)"):
+            cnnviz_core.run(method, adapter, small_inputs, target=target, normalized=True)

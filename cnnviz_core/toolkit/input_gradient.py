@@ -34,8 +34,11 @@ class InputGradient(AttributionMethod):
     requires = frozenset({Capability.GRADIENTS})
     Params = GradientParams
     batch_hint = 16
-    # target kinds, see cnnviz_core.targets
-    accepts: frozenset[str] = frozenset({"class", "top1", "neuron", "callable", "multilabel", "region", "detection"})
+    accepts: frozenset[str] = frozenset({"class", "top1", "neuron"})  # target kinds, see cnnviz_core.targets
+    # The targets scored from the model's whole output: a subclass whose every pass explains the target
+    # itself (saliency, guided backprop, deconvnet) opts in with accepts | output_kinds; one that turns
+    # targets into classes (integrated gradients' path, smoothgrad's copies) must not.
+    output_kinds: frozenset[str] = frozenset({"callable", "multilabel", "region", "detection"})
     rule: str | None = None  # a backward rule of backward_rules.RULES ("guided", "deconvnet"), or the plain gradient
 
     def rule_context(self):

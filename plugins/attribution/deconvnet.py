@@ -11,6 +11,7 @@ class Deconvnet(InputGradient):
 
     name = "deconvnet"
     rule = "deconvnet"
+    accepts = InputGradient.accepts | InputGradient.output_kinds  # multilabel, region, detection, callables too
 
     @classmethod
     def demo_target(cls, adapter, inputs):

@@ -9,6 +9,7 @@ class GuidedBackprop(InputGradient):
 
     name = "guided_backprop"
     rule = "guided"
+    accepts = InputGradient.accepts | InputGradient.output_kinds  # multilabel, region, detection, callables too
 
 
 @hookimpl

@@ -8,6 +8,7 @@ class Saliency(InputGradient):
     """Saliency: max over colour channels of |∂score/∂x| (Simonyan et al. 2014); the signed gradient is kept."""
 
     name = "saliency"
+    accepts = InputGradient.accepts | InputGradient.output_kinds  # multilabel, region, detection, callables too
 
 
 @hookimpl

@@ -21,7 +21,7 @@ import numpy as np
 
 from cnnviz_core import (
     Attribution, AttributionMethod, AttributionParams, Capability, InputError, Target, check_capabilities, get_registry,
-    hookimpl, param, resolve_classes, select_scores,
+    hookimpl, param, resolve_classes, select_scores, validate_targets,
 )
 
 
@@ -77,6 +77,8 @@ class SmoothGrad(AttributionMethod):
         self.inner.setup()
 
     def check_targets(self, targets: list[Target]) -> None:
+        # its noisy copies explain the class the clean image resolves to: classes, top-1 and neurons only
+        validate_targets([t for t in targets if t.kind != "neuron"], {"class", "top1"}, self.name)
         self.inner.check_targets(targets)
 
     def batch_size(self) -> int:
