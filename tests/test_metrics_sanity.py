@@ -28,7 +28,7 @@ def randomization(adapter, **params) -> ModelRandomization:
 def test_cascading_randomization_decorrelates_gradcam_but_not_an_edge_detector(lite0):
     inputs = cnnviz_core.preprocess(lite0, ["skimage:chelsea"])
     before = state_copy(lite0.module)
-    metric = randomization(lite0, layers=3)  # the classifier, a middle layer, the stem
+    metric = randomization(lite0, layers=2)  # the classifier alone, then every layer down to the stem
     assert metric.metadata["layers"][0] == "classifier" and metric.metadata["layers"][-1] == "conv_stem"
     batch = method_batch("gradcam", lite0, inputs, ["chelsea"])
     gradcam = metric.evaluate(batch)
@@ -36,9 +36,9 @@ def test_cascading_randomization_decorrelates_gradcam_but_not_an_edge_detector(l
     assert ranks[0] < 0.8  # a random classifier already changes the map
     assert abs(ranks[-1]) < 0.3  # the whole model random: no rank correlation left
     assert gradcam.scores[0] == pytest.approx(ranks.mean())
-    assert gradcam.curve_x["spearman"].tolist() == [1.0, 26.0, 50.0]  # depth from the top of 50 weight layers
+    assert gradcam.curve_x["spearman"].tolist() == [1.0, 50.0]  # depth from the top of 50 weight layers
     sobel = metric.evaluate(sobel_batch(batch))
-    assert sobel.curves["spearman"].tolist() == [[1.0, 1.0, 1.0]] and sobel.curves["ssim"].tolist() == [[1.0, 1.0, 1.0]]
+    assert sobel.curves["spearman"].tolist() == [[1.0, 1.0]] and sobel.curves["ssim"].tolist() == [[1.0, 1.0]]
     assert states_equal(before, state_copy(lite0.module)) and hook_total(lite0.module) == 0
 
 
