@@ -228,6 +228,8 @@ class TorchAdapter(ModelAdapter):
     def receptive_field(self, layer: str, verify: bool = True) -> ReceptiveField:
         from .torch_model import receptive_field
 
+        if self.feature_layout(layer) is not None:  # token layers: attention mixes every patch, measured not traced
+            return receptive_field.measured_field(self, layer)
         traced = receptive_field.layer_field(self, layer)
         return geometry.receptive_field(self, layer, traced, lambda: receptive_field.measured_field(self, layer), verify)
 

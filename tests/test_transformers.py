@@ -218,3 +218,13 @@ def test_fixed_size_transformer_refuses_resizing_octaves(vit):
     with pytest.raises(InputError, match="--octaves 1"):
         cnnviz_core.run("deepdream", vit, images, steps=1)
     assert hook_count(vit.module) == 0
+
+
+def test_token_receptive_fields_are_patches_then_the_whole_image(vit):
+    """Before attention a token sees its 16 x 16 patch; after it, every patch."""
+    rows, cols = np.array([0, 3]), np.array([1, 2])
+    before = vit.receptive_field("pos_drop")  # tokens with the class token, before the first block
+    np.testing.assert_array_equal(before.boxes(rows, cols), [[0, 16, 16, 32], [48, 64, 32, 48]])
+    after = vit.receptive_field(vit.default_layer())
+    np.testing.assert_array_equal(after.boxes(rows, cols), [[0, SIZE, 0, SIZE]] * 2)
+    assert hook_count(vit.module) == 0

@@ -272,7 +272,8 @@ def layer_output(adapter, layer: str, inputs: torch.Tensor) -> torch.Tensor:
         adapter.module(inputs)
     if not isinstance(captured.get(layer), torch.Tensor):
         raise InputError(f"layer {layer!r} did not return a tensor in the forward pass")
-    return captured[layer]
+    layout = adapter.feature_layout(layer)  # a transformer's token layer, measured as its (B, C, h, w) map
+    return layout.to_map(captured[layer]) if layout is not None else captured[layer]
 
 
 def measured_field(adapter, layer: str, seeds=(0, 1), chunk: int = 16) -> ReceptiveField:
