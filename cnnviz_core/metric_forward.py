@@ -24,7 +24,7 @@ import numpy as np
 from .adapter import select_scores
 from .errors import MethodWarning
 
-PROBE_MIN = 512  # inputs in one job before auto mode builds and times the costly runners (an ONNX export)
+PROBE_MIN = 256  # inputs in one job before auto mode builds and times the costly runners (an ONNX export)
 BATCH = {"cpu": 32, "cuda": 128}
 _decisions: dict[tuple, str] = {}  # (model, shape, device, runners) -> fastest runner's name
 
