@@ -85,7 +85,9 @@ def test_second_cli_run_takes_the_decision_from_disk(tmp_path):
                                np.load(tmp_path / "second" / "occlusion.maps.npy"), atol=1e-4)
 
 
-def test_a_decision_is_kept_per_weights_and_thread_count(cache):
+def test_a_decision_is_kept_per_weights_and_thread_count(cache, monkeypatch):
+    # only the keys are checked here: a loaded machine must not make a run forget its record (tested below)
+    monkeypatch.setattr(occlusion_runtime, "DEPARTURE", float("inf"))
     adapter, x = small_torch_adapter(seed=5), image()
     first = fresh_process_run(adapter, x)
     assert first["how"] == "probe"
@@ -106,7 +108,8 @@ def test_a_decision_is_kept_per_weights_and_thread_count(cache):
 
 
 @pytest.mark.parametrize("damage", ["file", "entry"])
-def test_a_damaged_cache_is_ignored_and_rewritten(cache, damage):
+def test_a_damaged_cache_is_ignored_and_rewritten(cache, damage, monkeypatch):
+    monkeypatch.setattr(occlusion_runtime, "DEPARTURE", float("inf"))  # as above: the record must stay
     adapter, x = small_torch_adapter(seed=7), image()
     cache.mkdir(parents=True, exist_ok=True)
     if damage == "file":
