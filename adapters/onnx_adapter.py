@@ -388,6 +388,8 @@ class OnnxAdapter(ModelAdapter):
         return cam_head.cam_head(self)
 
     def receptive_field(self, layer: str, verify: bool = True) -> ReceptiveField:
+        if self.feature_layout(layer) is not None:  # token layers: attention mixes every patch, probed not traced
+            return probed_receptive_field(self, layer)
         traced = receptive_field.layer_field(self, layer)
         return geometry.receptive_field(self, layer, traced, lambda: probed_receptive_field(self, layer), verify)
 

@@ -207,6 +207,8 @@ def test_onnx_copy_reads_the_same_token_layers(vit, tmp_path):
     on_onnx = cnnviz_core.run("score_cam", onnx_vit, x, channels=8)
     on_torch = cnnviz_core.run("score_cam", torch_vit, x, channels=8)
     np.testing.assert_allclose(on_onnx.maps, on_torch.maps, rtol=1e-3, atol=1e-4 * float(np.abs(on_torch.maps).max()))
+    field = onnx_vit.receptive_field(layer)  # after attention: every patch (probed through the map)
+    np.testing.assert_array_equal(field.boxes(np.array([0, 3]), np.array([1, 2])), [[0, SIZE, 0, SIZE]] * 2)
 
 
 def test_fixed_size_transformer_refuses_resizing_octaves(vit):
