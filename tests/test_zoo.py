@@ -23,7 +23,9 @@ def _cases():
         for name in method_names():
             for kind in ("torch", "onnx"):
                 if runs_on(name, kind):
-                    marks = [pytest.mark.slow] if kind == "onnx" or name in PLOT_BOUND else []
+                    marks = [pytest.mark.xdist_group(f"zoo-{entry.family}")]  # one worker builds and exports each model
+                    if kind == "onnx" or name in PLOT_BOUND:
+                        marks.append(pytest.mark.slow)
                     yield pytest.param(entry, name, kind, id=f"{entry.family}-{name}-{kind}", marks=marks)
 
 
