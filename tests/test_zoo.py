@@ -78,3 +78,18 @@ def test_method_runs_or_refuses_with_a_reason(zoo, entry, name, kind):
     if kind == "torch":
         assert hook_total(adapter.module) == 0
         assert not adapter.module.training
+
+
+def test_the_zoo_covers_what_the_issue_names():
+    """Residual, depthwise with hard-swish, SiLU, dense, inception-style, ConvNeXt, RegNet, ViT, DeiT, Swin and a hybrid."""
+    from torch import nn
+
+    from zoo_models import build_module
+
+    families = {entry.family: entry for entry in ZOO}
+    assert {"resnet", "mobilenetv3", "efficientnet", "densenet", "inception_next", "convnext", "regnet", "vit", "deit",
+            "swin", "levit"} <= set(families)
+    kinds = {family: {type(m) for m in build_module(entry).modules()} for family, entry in families.items()}
+    assert nn.Hardswish in kinds["mobilenetv3"] and nn.SiLU in kinds["efficientnet"]
+    assert nn.Conv2d in kinds["levit"] and any("Attention" in k.__name__ for k in kinds["levit"])  # the hybrid
+    assert build_module(families["deit"]).num_prefix_tokens == 2  # class and distillation tokens
