@@ -33,6 +33,7 @@ kinds it takes, and each neuron's layer, channel and position.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import Any, Callable, Collection, Sequence
 
@@ -104,8 +105,9 @@ class Target:
             return f"callable:{getattr(self.function, '__qualname__', type(self.function).__name__)}"
         if self.kind in OUTPUT_KINDS:
             where = "@" + ",".join(f"{v:g}" for v in self.box) if self.box is not None else ""
-            if self.mask is not None:
-                where = f"@mask{int(self.mask.sum())}px"
+            if self.mask is not None:  # its size and a digest: two masks name two targets
+                digest = hashlib.sha1(repr(self.mask.shape).encode() + np.packbits(self.mask).tobytes()).hexdigest()[:8]
+                where = f"@mask{int(self.mask.sum())}px-{digest}"
             return f"{self.kind}:{self.class_index}{where}"
         where = f"@{self.position[0]},{self.position[1]}" if self.position else ""
         return f"{self.layer}:{self.channel}{where}"

@@ -4,6 +4,7 @@ multi-label head's sigmoid score; parsing and refusals of the new kinds."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -68,7 +69,10 @@ def test_spec_strings_and_constructors_agree():
     mask = np.zeros((8, 8), bool)
     mask[2:4, 2:5] = True
     region = Target.region(1, mask=mask)
-    assert region.describe() == "region:1@mask6px"
+    assert re.fullmatch(r"region:1@mask6px-[0-9a-f]{8}", region.describe())
+    other = mask.copy()
+    other[2, 2], other[5, 5] = False, True  # as many positions, elsewhere: another target, another name
+    assert Target.region(1, mask=other).describe() != region.describe()
     function_target = parse_targets(lambda outputs: outputs[:, 0], 2, 3, labels)
     assert [t.kind for t in function_target] == ["callable", "callable"]
     record = json.loads(json.dumps([region.to_json(), function_target[0].to_json()]))
