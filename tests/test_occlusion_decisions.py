@@ -144,3 +144,12 @@ def test_a_run_far_from_the_remembered_speed_forgets_the_decision_and_probes_aga
     assert runtime["how"] == "probe"  # the second image's windows probed again
     (record,) = records(cache)  # and kept the new figure
     assert record["ms_per_window"] < 5e5
+
+
+def test_a_forced_runner_keeps_its_tuned_batch_size(cache):
+    adapter, x = small_torch_adapter(seed=9), image()
+    params = dict(runtime="torch", batch_size=None, stride=1)  # 29 x 29 windows: enough to finish tuning
+    first = fresh_process_run(adapter, x, **params)
+    assert first["how"] == "forced" and first["batch_tuning"]["how"] == "tuned"
+    second = fresh_process_run(adapter, x, **params)
+    assert second["batch_tuning"] == {"how": "remembered on disk"} and second["batch_size"] == first["batch_size"]

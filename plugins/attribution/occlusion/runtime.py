@@ -310,10 +310,14 @@ class RuntimeChoice:
         runner = self.runners[name]
         key = (self._key(), name)
         known = remembered_batch(key)
+        how = "remembered on disk" if self.decision.how == "remembered on disk" else "remembered"
+        if known is None and self._disk_fields is not None:  # a forced runner's batch size, kept by an earlier process
+            record = decision_cache.load(self._disk_fields)
+            if record is not None and record.chosen == name and record.batch_size is not None:
+                known, how = record.batch_size, "remembered on disk"
         if known is not None:
             runner.batch_size = known
             self.tuned = True
-            how = "remembered on disk" if self.decision.how == "remembered on disk" else "remembered"
             self.runtime.update(batch_size=runner.batch_size, batch_tuning={"how": how})
             return {}
         ladder = BATCH_LADDER["cuda" if str(getattr(runner, "device", "cpu")).startswith("cuda") else "cpu"]
