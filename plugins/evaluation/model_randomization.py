@@ -23,7 +23,10 @@ swapped in by the adapter's ``with_weights``, which copies the originals back
 bit for bit — on success and on error, also when the method raises mid-way.
 A cascade nests the swaps: each step swaps in only the layers it adds to the
 prefix already randomized, and every layer is restored once, at the end. Needs the ``weights`` capability (and whatever the
-evaluated method needs: gradient methods only on torch models)."""
+evaluated method needs: gradient methods only on torch models). Each step is
+a new model to a method that caches per weights: occlusion on a torch model
+in its ``auto`` runtime may export an ONNX copy per step (into cnnviz's
+cache); ``--set occlusion.runtime=torch`` avoids that."""
 
 from __future__ import annotations
 
