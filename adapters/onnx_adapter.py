@@ -156,6 +156,7 @@ class OnnxAdapter(ModelAdapter):
         self._output_name = input_layout.output_name(self._session.get_outputs(), getattr(self, "output_choice", None), self.path)
         self.channels_last = input_layout.channels_last(self._input.shape, self.path)
         self._input_dtype = input_layout.numpy_dtype(self._input.type, self.path)
+        self._grey = input_layout.takes_grey(self._input.shape, self.channels_last, self.path)
 
     # -- description -------------------------------------------------------
     @property
@@ -244,6 +245,8 @@ class OnnxAdapter(ModelAdapter):
         """The session's input for a (B, 3, H, W) float32 batch: transposed to
         (B, H, W, 3) for a channels-last graph (TensorFlow exports), cast to
         the graph's input type (float16 models)."""
+        if self._grey:  # a one-channel graph: the luminance, as the torch adapter feeds a one-channel model
+            inputs = input_layout.grey(inputs, self.config.mean, self.config.std)
         return {self._input.name: input_layout.as_graph_input(inputs, self.channels_last, self._input_dtype)}
 
     # -- intermediate tensors and weights ------------------------------------

@@ -38,11 +38,11 @@ class ChannelsLast(torch.nn.Module):
         return self.net(x.permute(0, 3, 1, 2))
 
 
-def _export(module, path, *, channels_last=False, fixed_batch=False, half=False, props=None) -> str:
+def _export(module, path, *, channels_last=False, fixed_batch=False, half=False, props=None, channels=3) -> str:
     module = module.eval()
     if half:
         module = module.half()
-    shape = (1, SIZE, SIZE, 3) if channels_last else (1, 3, SIZE, SIZE)
+    shape = (1, SIZE, SIZE, channels) if channels_last else (1, channels, SIZE, SIZE)
     dummy = torch.zeros(shape, dtype=torch.float16 if half else torch.float32)
     axes = None if fixed_batch else {"input": {0: "batch"}, "logits": {0: "batch"}}
     with warnings.catch_warnings():
@@ -154,3 +154,26 @@ def test_inputs_that_are_not_images_are_refused_at_load(tmp_path):
         torch.onnx.export(Flat(), (torch.zeros(1, 10),), str(path), input_names=["input"], dynamo=False)
     with pytest.raises(ModelLoadError, match=r"2-D input.*\(B, 3, H, W\) or \(B, H, W, 3\)"):
         cnnviz_core.load_model(str(path), mean=MEAN, std=STD)
+
+
+def test_a_one_channel_graph_is_fed_the_luminance_like_the_torch_model(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=4, in_chans=1, layers=(1, 1, 1, 1),
+                            channels=(8, 16, 32, 64)).eval()
+    path = _export(net, tmp_path / "grey.onnx", channels=1)  # takes (B, 1, 32, 32)
+    grey = cnnviz_core.load_model(path, mean=MEAN, std=STD)
+    reference = cnnviz_core.load_model(net, input_size=(SIZE, SIZE), mean=MEAN, std=STD)
+    inputs = _inputs(3)
+    np.testing.assert_allclose(grey.logits(inputs), reference.logits(inputs), rtol=1e-4, atol=1e-4)
+    ours = cnnviz_core.run("occlusion", grey, inputs, normalized=True, target=[0, 1, 2], window=8, stride=8).maps
+    expected = cnnviz_core.run("occlusion", reference, inputs, normalized=True, target=[0, 1, 2], window=8, stride=8).maps
+    assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
+
+    two = tmp_path / "two.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Conv2d(2, 4, 3), (torch.zeros(1, 2, SIZE, SIZE),), str(two), dynamo=False)
+    with pytest.raises(ModelLoadError, match=r"takes 2-channel inputs \[1, 2, 32, 32\]; cnnviz feeds RGB images"):
+        cnnviz_core.load_model(str(two), mean=MEAN, std=STD)

@@ -10,6 +10,7 @@ import numpy as np
 
 from cnnviz_core.errors import InputError, ModelLoadError
 
+LUMA = (0.299, 0.587, 0.114)  # as adapters/torch_model/input_channels.py
 CHANNEL_COUNTS = (1, 3, 4)  # image channels a layout is recognised by
 FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -23,6 +24,27 @@ def channels_last(shape, path: str) -> bool:
                              "(B, 3, H, W) or (B, H, W, 3)")
     second, last = shape[1], shape[3]
     return last in CHANNEL_COUNTS and second not in CHANNEL_COUNTS
+
+
+def takes_grey(shape, last: bool, path: str) -> bool:
+    """Whether the graph reads one channel; ModelLoadError for a channel count other than 1 or 3."""
+    channels = shape[3] if last else shape[1]
+    if not isinstance(channels, int) or channels == 3:
+        return False
+    if channels == 1:
+        return True
+    raise ModelLoadError(f"{path} takes {channels}-channel inputs {list(shape)}; cnnviz feeds RGB images and one-channel "
+                         f"models their luminance. Export a model that makes its {channels} channels from RGB")
+
+
+def grey(batch: np.ndarray, mean, std) -> np.ndarray:
+    """(B, 3, H, W) normalized RGB → (B, 1, H, W): the luminance (BT.601) of
+    the pixels, normalized with the luminance of the mean and std."""
+    luma = np.asarray(LUMA, np.float32)
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    pixels = np.asarray(batch, np.float32) * std[None, :, None, None] + mean[None, :, None, None]
+    values = np.tensordot(luma, pixels, axes=([0], [1]))[:, None]
+    return (values - float(luma @ mean)) / float(luma @ std)
 
 
 def numpy_dtype(onnx_type: str, path: str):
