@@ -24,9 +24,12 @@ def add_evaluate_parser(commands) -> None:
     parser.add_argument("--weights", help="state dict for a timm:NAME model")
     parser.add_argument("--methods", nargs="+", required=True, metavar="METHOD", help="attribution methods to score")
     parser.add_argument("--metrics", nargs="+", required=True, metavar="METRIC", help="metrics (see `cnnviz methods --kind metric`)")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", nargs="+", metavar="IMAGE", help="image files or skimage:NAME samples")
     source.add_argument("--dataset", metavar="SRC", help="a folder of images, a list file or a glob")
+    parser.add_argument("--maps-from", metavar="STORE", help="a dataset run's output folder (cnnviz run METHOD --dataset ... "
+                                                             "--out STORE): its methods' maps are read, not computed; its "
+                                                             "dataset is the default --dataset")
     parser.add_argument("--out", required=True, help="output folder: leaderboard files and the per-chunk work kept for resuming")
     parser.add_argument("--target", metavar="T", help="class index or label name for every image (default: each image's top-1)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME.PARAM=VALUE", dest="settings",
@@ -90,7 +93,7 @@ def cmd_evaluate(args) -> int:
 
     evaluation = evaluate(adapter, {m: settings[m] for m in args.methods}, {m: settings[m] for m in args.metrics},
                           args.image, dataset=args.dataset, target=target, out=args.out, references=args.references,
-                          annotations=args.annotations, batch_size=args.batch_size, device=args.device,
+                          annotations=args.annotations, maps_from=args.maps_from, batch_size=args.batch_size, device=args.device,
                           resume=args.resume, on_unit=report)
     print("\n".join(evaluation.summary_lines()))
     print(f"leaderboard: {os.path.join(args.out, 'leaderboard.html')} (and leaderboard.csv, leaderboard.png, scores.csv)")

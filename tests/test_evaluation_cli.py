@@ -92,3 +92,28 @@ def test_a_rerun_runs_no_method_and_no_metric(tmp_path, photos, monkeypatch):
         np.testing.assert_array_equal(second.results[key].scores, result.scores)
     with pytest.raises(AssertionError, match="computed again"):  # other images are new work
         cnnviz_core.evaluate(model, **{**args, "images": [photos["cat_on_grey"]]})
+
+
+def test_maps_are_read_from_a_dataset_run(tmp_path, photos, monkeypatch, capsys):
+    import shutil
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "astronaut"):
+        shutil.copy(photos[name], folder / f"{name}.png")
+    model = small_torch_adapter()
+    cnnviz_core.run_dataset(["saliency"], model, str(folder), out=tmp_path / "store", chunk_size=2)
+    metrics = {"deletion": {"steps": 4}}
+    computed = cnnviz_core.evaluate(model, ["saliency"], metrics, dataset=str(folder), references=False, batch_size=2)
+
+    def never(*_, **__):
+        raise AssertionError("the stored maps were computed again")
+
+    monkeypatch.setattr(cnnviz_core.get_registry().method("saliency"), "attribute", never)
+    read = cnnviz_core.evaluate(model, ["saliency"], metrics, maps_from=tmp_path / "store", references=False, batch_size=2)
+    np.testing.assert_allclose(read.result("saliency", "deletion").scores, computed.result("saliency", "deletion").scores,
+                               atol=1e-6)
+    with pytest.raises(cnnviz_core.InputError, match="drop the parameters"):
+        cnnviz_core.evaluate(model, {"saliency": {"score": "prob"}}, metrics, maps_from=tmp_path / "store")
+    with pytest.raises(cnnviz_core.InputError, match="another model"):
+        cnnviz_core.evaluate(small_torch_adapter(seed=1), ["saliency"], metrics, maps_from=tmp_path / "store")

@@ -28,6 +28,7 @@ class Chunk:
     inputs: np.ndarray
     names: list[str]
     sources: list[str | None]
+    positions: np.ndarray | None = None  # the items' positions in the dataset (a dataset run's store index)
 
 
 @dataclasses.dataclass
@@ -111,7 +112,7 @@ def _dataset_chunks(adapter, dataset, size: int) -> tuple[Callable[[], Iterator[
         for k, part in enumerate(source.batches(adapter.config, size)):
             entries = [source.entry(int(i)) for i in part.indices]
             sources = [os.fspath(e[0]) if e is not None and isinstance(e[0], (str, os.PathLike)) else None for e in entries]
-            yield Chunk(k, part.inputs, list(part.names), sources)
+            yield Chunk(k, part.inputs, list(part.names), sources, np.asarray(part.indices))
 
     return chunks, source.description
 
@@ -127,6 +128,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     references: bool | Sequence[str] = True,
     annotations: str | os.PathLike | None = None,
+    maps_from: str | os.PathLike | None = None,
     batch_size: int = 8,
     device: str | None = None,
     resume: bool = True,
@@ -144,17 +146,30 @@ def evaluate(
     ``out``: keep per-chunk maps and scores (a rerun with the same arguments
     reuses them; ``resume=False`` recomputes) and write the leaderboard
     (leaderboard.csv, scores.csv, leaderboard.png, leaderboard.html, one
-    curves PNG per metric with curves). ``on_unit(method, metric, chunk,
-    reused)`` is called after each chunk of work."""
+    curves PNG per metric with curves). ``maps_from``: the output folder of
+    a dataset run (:func:`cnnviz_core.run_dataset`): the maps of the methods
+    it holds are read from it, not computed (with the parameters it was run
+    with), and its dataset is the default ``dataset``. ``on_unit(method,
+    metric, chunk, reused)`` is called after each chunk of work."""
     from ..api import load_model, placed, scheduler_for
     from ..targets import parse_targets
 
+    stored = None
+    if maps_from is not None:
+        from ..store import open_results
+
+        stored = open_results(maps_from)
+        if images is not None:
+            raise InputError("maps_from reads a dataset run's maps: evaluate on its dataset (dataset=...), not on images")
+        dataset = dataset if dataset is not None else stored.record["key"]["dataset"]
     if (images is None) == (dataset is None):
         raise InputError("give either images or a dataset to evaluate on")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     adapter = load_model(model)
     method_specs, metric_specs = _named(methods, "methods"), _named(metrics, "metrics")
+    if stored is not None:
+        method_specs = _stored_params(stored, method_specs, adapter, target)
     method_classes, metric_classes = _checked(adapter, method_specs, metric_specs)
     reference_names = sorted({r for cls, _ in metric_classes.values() for r in cls.references}) if references else []
     if not isinstance(references, bool):
@@ -187,7 +202,9 @@ def evaluate(
             names_seen += chunk.names
             targets = parse_targets(target, len(chunk.inputs), adapter.num_classes, adapter.labels)
             chunk_key = {**model_key, "names": chunk.names}
-            runs = [(name, dataclasses.asdict(obj.params), _method_maps(obj, targets)) for name, obj in method_objects.items()]
+            runs = [(name, dataclasses.asdict(obj.params),
+                     _stored_maps(stored, name, chunk, obj) if stored is not None and name in stored.methods
+                     else _method_maps(obj, targets)) for name, obj in method_objects.items()]
             runs += [(reference_label(r), {}, _reference_maps(REFERENCES[r], adapter, targets)) for r in reference_names]
             for label, params, (make_maps, explain) in runs:
                 maps_key = digest({**chunk_key, "method": label, "params": params})
@@ -240,6 +257,43 @@ def _method_maps(method, targets):
         return method.run(np.asarray(inputs, np.float32), wanted).maps.astype(np.float32)
 
     return make_maps, explain
+
+
+def _stored_params(stored, specs: dict, adapter, target) -> dict:
+    """The parameters a dataset run used for the methods it holds; a
+    different model, target or parameters is an error, not a silent mix."""
+    key = stored.record["key"]
+    if key.get("weights") != adapter.weights_digest():
+        raise InputError(f"{stored.out} holds maps of another model (weights digest differs); give the model it was run with")
+    if key.get("target") != target:
+        raise InputError(f"{stored.out} was run with target {key.get('target')!r}, not {target!r}; give the same target")
+    found = dict(specs)
+    for name, params in specs.items():
+        if name in stored.methods:
+            used = key["methods"][name]
+            differing = sorted(k for k, v in params.items() if used.get(k) != v)
+            if differing:
+                raise InputError(f"{stored.out} holds {name} maps made with {used}; drop the parameters {differing} "
+                                 "or evaluate without maps_from")
+            found[name] = dict(used)
+    return found
+
+
+def _stored_maps(stored, name: str, chunk, method):
+    """The pair for a method whose maps a dataset run holds: maps and classes
+    read by dataset position; explain still runs the method (same parameters)."""
+    rows = {row["index"]: row for row in stored.rows}
+
+    def make_maps(inputs):
+        positions = [int(i) for i in chunk.positions]
+        missing = [i for i in positions if i not in rows or rows[i]["status"] != "ok"]
+        if missing:
+            raise InputError(f"{stored.out} has no {name} map for dataset item(s) {missing[:5]}: finish the dataset run "
+                             "first (rerun its command)")
+        maps = np.stack([np.asarray(stored.maps(name)[i], np.float32) for i in positions])
+        return maps, np.asarray([rows[i][f"{name}.class"] for i in positions], np.int64)
+
+    return make_maps, _method_maps(method, None)[1]
 
 
 def _reference_maps(reference, adapter, targets):
