@@ -8,6 +8,7 @@ Swin at random initialization and 64 x 64 inputs for the real layouts."""
 
 from __future__ import annotations
 
+import collections
 import warnings
 
 import numpy as np
@@ -204,8 +205,8 @@ def test_onnx_copy_reads_the_same_token_layers(vit, tmp_path):
     assert onnx_vit.feature_layout(layer) == torch_vit.feature_layout("blocks.1.norm1") == FeatureLayout("tokens", (4, 4), 1)
     assert onnx_vit.layer_shapes([layer]) == {layer: (1, 192, 4, 4)}
     x = batch()
-    on_onnx = cnnviz_core.run("score_cam", onnx_vit, x, channels=8)
-    on_torch = cnnviz_core.run("score_cam", torch_vit, x, channels=8)
+    on_onnx = cnnviz_core.run("score_cam", onnx_vit, x, channels=4)
+    on_torch = cnnviz_core.run("score_cam", torch_vit, x, channels=4)
     np.testing.assert_allclose(on_onnx.maps, on_torch.maps, rtol=1e-3, atol=1e-4 * float(np.abs(on_torch.maps).max()))
     field = onnx_vit.receptive_field(layer)  # after attention: every patch (probed through the map)
     np.testing.assert_array_equal(field.boxes(np.array([0, 3]), np.array([1, 2])), [[0, SIZE, 0, SIZE]] * 2)
@@ -230,3 +231,17 @@ def test_token_receptive_fields_are_patches_then_the_whole_image(vit):
     after = vit.receptive_field(vit.default_layer())
     np.testing.assert_array_equal(after.boxes(rows, cols), [[0, SIZE, 0, SIZE]] * 2)
     assert hook_count(vit.module) == 0
+
+
+def test_hybrid_with_a_conv_stem_uses_its_last_token_stage():
+    levit = tiny_timm("levit_128s", embed_dim=(16, 32, 48), num_heads=(1, 2, 3), depth=(1, 1, 1), key_dim=8)
+    adapter = cnnviz_core.load_model(levit, input_size=(SIZE, SIZE))
+    assert adapter.default_layer() == "stages.1"  # (1, 4, 32) tokens on a 2 x 2 grid, not the 4-D conv stem
+    assert adapter.feature_layout("stages.0") == FeatureLayout("tokens", (4, 4))
+    result = cnnviz_core.run("gradcam", adapter, batch(1))
+    assert result.extras["layer_map"].shape == (1, 2, 2) and np.isfinite(result.maps).all()
+    cnn = nn.Sequential(collections.OrderedDict(stem=nn.Conv2d(3, 4, 4, stride=4), act=nn.ReLU(),
+                                                pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(4, 2)))
+    cnn_adapter = cnnviz_core.load_model(cnn, input_size=(16, 16))
+    assert all(cnn_adapter.feature_layout(name) is None for name in cnn_adapter.layers())  # a CNN's stem finds no tokens
+    assert cnn_adapter.default_layer() == "act"

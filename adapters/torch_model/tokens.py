@@ -26,7 +26,7 @@ from cnnviz_core.feature_layout import FeatureLayout
 from cnnviz_core.toolkit.attention import attention_modules
 from cnnviz_core.toolkit.hooks import forward_hooks
 
-PATCH_EMBEDDINGS = ("patch_embed", "conv_proj")  # timm, torchvision ViT
+PATCH_EMBEDDINGS = ("patch_embed", "conv_proj", "stem")  # timm, torchvision ViT, hybrids (LeViT's conv stem)
 PREFIX_TOKENS = ("cls_token", "class_token", "dist_token", "reg_token")
 PYRAMID_LEVELS = 6  # grids down to 1/64 of the patch grid (Swin halves it per stage)
 
@@ -161,10 +161,12 @@ def _layout(shape, grid, levels, prefix: int, channels_last: bool) -> FeatureLay
 
 
 def _default_layer(events, layouts: dict[str, FeatureLayout], prefix: int) -> str | None:
-    """The last token layer; in a model whose class token is read out, the
-    last one before the last attention (the last block's norm1): after that
-    attention only the class token reaches the classifier and the patch
-    tokens' gradients are zero."""
+    """In a model whose class token is read out, the last token layer before
+    the last attention (the last block's norm1): after that attention only
+    the class token reaches the classifier and the patch tokens' gradients
+    are zero. Otherwise the output of the last stage: at the last grid, the
+    shallowest module to finish last (Swin's final norm, LeViT's last
+    multi-position stage, not a projection inside the next downsampling)."""
     finished = [name for kind, name, _ in events if kind == "end" and name in layouts]
     if not finished:
         return None
@@ -175,7 +177,10 @@ def _default_layer(events, layouts: dict[str, FeatureLayout], prefix: int) -> st
                       if kind == "end" and name in layouts and layouts[name].prefix == prefix]
             if before:
                 return before[-1]
-    return finished[-1]
+    last_grid = layouts[finished[-1]].grid
+    at_grid = [name for name in finished if layouts[name].grid == last_grid]
+    depth = min(name.count(".") for name in at_grid)
+    return [name for name in at_grid if name.count(".") == depth][-1]
 
 
 def tokens_for_export(adapter) -> dict | None:
