@@ -6,8 +6,9 @@ score(x) − score(x with the window set to the baseline); the per-position grid
 is kept in ``extras["grid"]``. The windows of an image go through the model in
 batches built in one reused buffer. On a torch model the forward passes run on
 the faster of eager torch and onnxruntime (an ONNX copy exported once and
-cached on disk), or through incremental inference, decided by timing a couple
-of real batches on each; see ``occlusion_backends.py``."""
+cached on disk), or through incremental inference, decided by the median of
+short timed rounds of real batches on each and remembered on disk for the
+next run; see ``backends.py``, ``runtime.py`` and ``decision_cache.py``."""
 
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ class OcclusionParams(AttributionParams):
         "'mean' (each image's per-channel mean) or 'blur' (the pixels of a Gaussian-blurred copy of the image)")
     blur_sigma: float = param(10.0, "standard deviation, in input pixels, of the Gaussian used by --baseline blur", minimum=0.1)
     runtime: str = param(
-        "auto", "where a torch model's forward passes run: auto (the faster of torch and onnxruntime, timed on a couple "
-        "of batches each; the ONNX copy is exported once and cached in $CNNVIZ_CACHE or ~/.cache/cnnviz), torch, or onnx",
+        "auto", "where a torch model's forward passes run: auto (the faster of torch and onnxruntime: the median of short "
+        "timed rounds, remembered on disk for later runs; the ONNX copy is exported once and cached in $CNNVIZ_CACHE or "
+        "~/.cache/cnnviz), torch, or onnx",
         choices=("auto", "torch", "onnx"))
     incremental: str = param(
         "auto", "incremental inference (Krypton), torch models only: auto (used when timed faster), on, or off",
