@@ -8,8 +8,9 @@ returns inputs ``start:stop`` as a numpy array or a torch tensor, best made on
 "cpu" otherwise). They go through one of the adapter's forward
 runners (``ModelAdapter.forward_runners``: eager torch channels-last and
 onnxruntime on a torch model, the session of an ONNX model) in full batches.
-With ``runtime="auto"`` a job of at least :data:`PROBE_MIN` inputs times each
-offered runner on its first chunks and keeps the fastest; the choice is
+With ``runtime="auto"`` a job of at least :data:`PROBE_BATCHES` batches times
+each offered runner on two of its batches (their results are kept) and keeps
+the fastest; the choice is
 remembered for the model, input shape and device for the rest of the process.
 Timings and the runner used go into ``metadata["forward"]``."""
 
@@ -24,7 +25,7 @@ import numpy as np
 from .adapter import select_scores
 from .errors import MethodWarning
 
-PROBE_MIN = 256  # inputs in one job before auto mode builds and times the costly runners (an ONNX export)
+PROBE_BATCHES = 4  # a job of this many batches is timed on two batches per runner, whose results are kept
 BATCH = {"cpu": 32, "cuda": 128}
 _decisions: dict[tuple, str] = {}  # (model, shape, device, runners) -> fastest runner's name
 
@@ -84,7 +85,7 @@ class ForwardScores:
             self.chosen = _decisions[key]
             self.info.update(runner=self.chosen, how="remembered")
             return
-        if count < PROBE_MIN:
+        if count < PROBE_BATCHES * self.batch_size:
             self.chosen = default
             self.info.update(runner=default, how=f"job of {count} inputs too small to time the runners")
             return
@@ -112,7 +113,12 @@ class ForwardScores:
 
     # -- scores ----------------------------------------------------------------
     def logits_of(self, count: int, build: Callable[[int, int, str], Any]) -> np.ndarray:
-        """(count, classes) logits of the inputs ``build(start, stop, device)`` makes, chunk by chunk."""
+        """(count, classes) logits of the inputs ``build(start, stop, device)`` makes, chunk by chunk,
+        inside the adapter's session (a torch model in eval mode, restored after)."""
+        with self.adapter.session():
+            return self._logits_of(count, build)
+
+    def _logits_of(self, count: int, build: Callable[[int, int, str], Any]) -> np.ndarray:
         done: dict[int, np.ndarray] = {}
         if self.chosen is None:
             self._decide(count, build, done)

@@ -131,3 +131,24 @@ def test_metrics_cannot_be_run_as_methods():
     adapter = linear_adapter(W4)
     with pytest.raises(cnnviz_core.InputError, match="cnnviz evaluate"):
         cnnviz_core.run("deletion", adapter, np.ones((1, 3, 2, 2), np.float32), normalized=True)
+
+
+def test_forward_scores_time_the_runners_and_run_the_model_in_eval_mode():
+    # a fresh module is in training mode (batch norm on batch statistics); a job of 4+ batches times eager
+    # torch and onnxruntime on its first batches, keeps their results, and every score is the eval-mode one
+    from cnnviz_core.metric_forward import ForwardScores
+
+    from conftest import small_torch_adapter
+
+    adapter = small_torch_adapter()
+    inputs = np.random.default_rng(0).normal(size=(150, 3, 32, 32)).astype(np.float32)
+    classes = np.arange(150) % 5
+    metadata: dict = {}
+    forward = ForwardScores(adapter, score="logit", batch_size=32, metadata=metadata)
+    scores = forward.scores(inputs, classes)
+    with adapter.session():
+        expected = adapter.logits(inputs)[np.arange(150), classes]
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    assert adapter.module.training  # left as it was
+    assert metadata["forward"]["how"] == "timed" and set(metadata["forward"]["ms_per_input"]) == {"torch", "onnxruntime"}
+    assert forward.forwards == 150  # the probe's batches were kept, nothing ran twice
