@@ -130,7 +130,7 @@ def serve(scratch: str) -> None:
     try:
         import ray
 
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240  # generous: a loaded machine starts Ray slowly
         while True:  # the head answers once its GCS is up
             try:
                 ray.init(address=f"127.0.0.1:{PORT}", include_dashboard=False, log_to_driver=False)

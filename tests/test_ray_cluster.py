@@ -90,7 +90,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def ready(cluster) -> dict:
-    return cluster.next_reply(timeout=150)
+    return cluster.next_reply(timeout=300)  # the child gives up on the cluster after 240 s and says why
 
 
 @pytest.fixture(scope="module")
