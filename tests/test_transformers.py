@@ -245,3 +245,17 @@ def test_hybrid_with_a_conv_stem_uses_its_last_token_stage():
     cnn_adapter = cnnviz_core.load_model(cnn, input_size=(16, 16))
     assert all(cnn_adapter.feature_layout(name) is None for name in cnn_adapter.layers())  # a CNN's stem finds no tokens
     assert cnn_adapter.default_layer() == "act"
+
+
+def test_torchvision_vit_uses_the_input_of_its_last_attention():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    net = VisionTransformer(image_size=SIZE, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5)
+    nn.init.normal_(net.heads.head.weight)  # torchvision starts the head at zero: every gradient would be zero
+    adapter = cnnviz_core.load_model(net.eval(), input_size=(SIZE, SIZE))
+    layer = adapter.default_layer()  # its class token is read out after the final norm: ln_1 of the last block
+    assert layer == "encoder.layers.encoder_layer_1.ln_1"
+    assert adapter.feature_layout(layer) == FeatureLayout("tokens", (4, 4), 1)
+    result = cnnviz_core.run("gradcam", adapter, batch())
+    assert np.isfinite(result.maps).all() and result.extras["layer_map"].max() > 0

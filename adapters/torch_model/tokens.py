@@ -88,7 +88,8 @@ def _probe(adapter) -> TokenModel:
         return TokenModel({}, None)
     embed_name, embed_module = embedding
     prefix = prefix_tokens(module)
-    attention = set(attention_modules(module))
+    attention = set(attention_modules(module)) | {  # torchvision's ViT attends through nn.MultiheadAttention
+        name for name, sub in module.named_modules() if isinstance(sub, nn.MultiheadAttention)}
     events: list[tuple[str, str, tuple[int, ...]]] = []  # ("end" | "start", name, output shape), in order
 
     def make_hook(name):
