@@ -73,22 +73,23 @@ class ForwardScores:
         model = digest if digest is not None else (type(self.adapter).__qualname__, id(self.adapter))
         return (model, tuple(self.adapter.config.input_size), str(self.adapter.device), tuple(self.offered))
 
-    def _decide(self, count: int, build: Callable, done: dict[int, np.ndarray]) -> None:
-        """Choose the runner for the job; the probe's logits land in ``done`` (chunk start -> logits)."""
+    def _decide(self, count: int, build: Callable, done: dict[int, np.ndarray]) -> str:
+        """The runner for this job, chosen for good (``self.chosen``) unless the
+        job was too small to time them; the probe's logits land in ``done``
+        (chunk start -> logits)."""
         default = next(iter(self.offered))
         if self.runtime != "auto" or len(self.offered) == 1:
             self.chosen = default
             self.info.update(runner=default, how="default" if self.runtime != "auto" else "only runner")
-            return
+            return default
         key = self._key()
         if key in _decisions and (_decisions[key] == default or _decisions[key] in self.offered):
             self.chosen = _decisions[key]
             self.info.update(runner=self.chosen, how="remembered")
-            return
-        if count < PROBE_BATCHES * self.batch_size:
-            self.chosen = default
+            return self.chosen
+        if count < PROBE_BATCHES * self.batch_size:  # this job only: a later, larger one may time them
             self.info.update(runner=default, how=f"job of {count} inputs too small to time the runners")
-            return
+            return default
         timings: dict[str, float] = {}
         start = 0
         for name in self.offered:
@@ -110,6 +111,7 @@ class ForwardScores:
         self.chosen = min(timings, key=timings.get)
         _decisions[key] = self.chosen
         self.info.update(runner=self.chosen, how="timed", ms_per_input={k: round(v * 1e3, 3) for k, v in timings.items()})
+        return self.chosen
 
     # -- scores ----------------------------------------------------------------
     def logits_of(self, count: int, build: Callable[[int, int, str], Any]) -> np.ndarray:
@@ -120,8 +122,7 @@ class ForwardScores:
 
     def _logits_of(self, count: int, build: Callable[[int, int, str], Any]) -> np.ndarray:
         done: dict[int, np.ndarray] = {}
-        if self.chosen is None:
-            self._decide(count, build, done)
+        runner = self.chosen if self.chosen is not None else self._decide(count, build, done)
         self.info["batch_size"] = self.batch_size
         parts = []
         start = 0
@@ -132,7 +133,7 @@ class ForwardScores:
             start += len(done[begin])
         while start < count:
             stop = min(start + self.batch_size, count)
-            parts.append(self._run(self.chosen, build, start, stop))
+            parts.append(self._run(runner, build, start, stop))
             start = stop
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 

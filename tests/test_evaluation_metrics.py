@@ -145,10 +145,12 @@ def test_forward_scores_time_the_runners_and_run_the_model_in_eval_mode():
     classes = np.arange(150) % 5
     metadata: dict = {}
     forward = ForwardScores(adapter, score="logit", batch_size=32, metadata=metadata)
+    forward.scores(inputs[:10], classes[:10])
+    assert "too small" in metadata["forward"]["how"]  # for that job only: a larger one still times the runners
     scores = forward.scores(inputs, classes)
     with adapter.session():
         expected = adapter.logits(inputs)[np.arange(150), classes]
     np.testing.assert_allclose(scores, expected, atol=1e-4)
     assert adapter.module.training  # left as it was
     assert metadata["forward"]["how"] == "timed" and set(metadata["forward"]["ms_per_input"]) == {"torch", "onnxruntime"}
-    assert forward.forwards == 150  # the probe's batches were kept, nothing ran twice
+    assert forward.forwards == 10 + 150  # the probe's batches were kept, nothing ran twice
