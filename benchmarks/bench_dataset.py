@@ -68,15 +68,30 @@ def child(config: str, method: str, folder: str, size: int, out: str) -> dict:
 
 
 def limit(cnnviz_core, adapter, method: str, paths: list[str]) -> dict:
-    """The method's per-image cost on decoded inputs (one chunk's worth, the
-    method batching them as in a run), times the number of images."""
+    """The method's per-image cost on decoded inputs: one chunk's worth,
+    batched as a dataset worker runs it (no decoding, no store), times the
+    number of images. Each call gets a fresh method instance, set up untimed
+    (a worker sets up once per run): an instance remembers the images it saw
+    (occlusion reuses an image's passes), which a run never repeats."""
+    from cnnviz_core.registry import get_registry
+    from cnnviz_core.scheduler import Scheduler
+    from cnnviz_core.targets import parse_targets
+
     inputs, _ = adapter.prepare(paths[:LIMIT_IMAGES])
-    cnnviz_core.run(method, adapter, inputs, **PARAMS[method])  # warm-up
-    times = []
-    for _ in range(3):
+    cls = get_registry().method(method)
+    targets = parse_targets(None, len(inputs), adapter.num_classes, adapter.labels)
+
+    def timed_call() -> float:
+        instance = cls(adapter, cls.make_params(**PARAMS[method]), Scheduler(device="cpu", progress=False))
+        instance.setup()
         start = time.perf_counter()
-        cnnviz_core.run(method, adapter, inputs, **PARAMS[method])
-        times.append(time.perf_counter() - start)
+        with adapter.session():
+            instance.scheduler.map_batches(lambda a, b: instance.attribute(inputs[a:b], targets[a:b]), len(inputs),
+                                           instance.batch_size(), desc=method)
+        return time.perf_counter() - start
+
+    timed_call()  # warm-up
+    times = [timed_call() for _ in range(3)]
     per_image = statistics.median(times) / len(inputs)
     return {"images": len(paths), "wall_s": per_image * len(paths), "method_s": per_image}
 
@@ -248,7 +263,7 @@ def projection(method: str, measured: dict, gpu_ms: float | None, cluster_nodes:
              f"store write {c_w * 1e3:.3f} ms ({bytes_per_map / 1024:.1f} KiB stored); batch {b}, chunk {CHUNK}"
              + (f"; Ray task round trip {t_q * 1e3:.2f} ms" if t_q else "")]
     per_core = chunk_rate(c_m * k, c_d, c_w, b)  # one single-threaded worker per core
-    lines.append(f"  this machine: {k} CPU workers -> {k * per_core:.0f} images/s")
+    lines.append(f"  this machine: {k} CPU workers -> {k * per_core:.3g} images/s")
     worker_cap = chunk_rate(0.0, c_d, c_w, b)  # a GPU worker whose method took no time: its one decode thread bounds it
     gpu = f"a GPU worker is bounded by its decode thread at {worker_cap:.0f} images/s"
     if gpu_ms is not None:
