@@ -9,7 +9,7 @@ returns inputs ``start:stop`` as a numpy array or a torch tensor, best made on
 runners (``ModelAdapter.forward_runners``: eager torch channels-last and
 onnxruntime on a torch model, the session of an ONNX model) in full batches.
 With ``runtime="auto"`` a job of at least :data:`PROBE_BATCHES` batches times
-each offered runner on two of its batches (their results are kept) and keeps
+each offered runner on two quarter batches (their results are kept) and keeps
 the fastest; the choice is
 remembered for the model, input shape and device for the rest of the process.
 Timings and the runner used go into ``metadata["forward"]``."""
@@ -25,8 +25,8 @@ import numpy as np
 from .adapter import select_scores
 from .errors import MethodWarning
 
-PROBE_BATCHES = 4  # a job of this many batches is timed on two batches per runner, whose results are kept
-BATCH = {"cpu": 32, "cuda": 128}
+PROBE_BATCHES = 2  # a job of this many batches is timed on two quarter batches per runner, whose results are kept
+BATCH = {"cpu": 64, "cuda": 128}
 _decisions: dict[tuple, str] = {}  # (model, shape, device, runners) -> fastest runner's name
 
 
@@ -91,13 +91,14 @@ class ForwardScores:
             self.info.update(runner=default, how=f"job of {count} inputs too small to time the runners")
             return default
         timings: dict[str, float] = {}
+        probe = max(8, self.batch_size // 4)  # small probe batches: the slow runners' cost stays small
         start = 0
         for name in self.offered:
             try:
                 self._runner(name)
-                stop = min(start + self.batch_size, count)
+                stop = min(start + probe, count)
                 done[start] = self._run(name, build, start, stop)  # warm-up, kept
-                start, stop = stop, min(stop + self.batch_size, count)
+                start, stop = stop, min(stop + probe, count)
                 began = time.perf_counter()
                 done[start] = self._run(name, build, start, stop)
                 timings[name] = (time.perf_counter() - began) / max(stop - start, 1)
