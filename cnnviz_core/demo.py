@@ -10,7 +10,9 @@ labelled by the photograph they come from (``dataset/PHOTO/…``).
 
 The quick attribution methods run first and the page is rewritten (atomically)
 after every method, so the first pictures are there within seconds; it
-reloads itself until the demo is done. Each method runs with its class's
+reloads itself until the demo is done. Last, a leaderboard scores some of the
+attribution methods with cnnviz_core.evaluate (see EVALUATION_METHODS); it is
+shown as an HTML table with the curves. Each method runs with its class's
 ``demo_params`` and, where it has one, its ``demo_settings(adapter)`` (settings
 that depend on the model, such as a layer)."""
 
@@ -58,9 +60,22 @@ DEMO_COST = {
     "adversarial": 4.5, "deepdream": 17.0, "inversion": 24.0, "fooling_images": 32.0, "style_transfer": 38.0,
     "class_model": 44.0,
     "filters": 0.2, "top_patches": 5.0, "pruning": 7.0, "tsne": 9.0,
+    "evaluation": 17.0,  # the leaderboard (see EVALUATION_*), after every method
 }
 DEFAULT_COST = 5.0
 EXPORT_COST = 6.0  # the ONNX export, before the first ONNX run
+# The leaderboard ("which explanation to trust"): cnnviz_core.evaluate on the
+# photographs for the methods the demo ran among these, on the model they ran
+# on: the ONNX copy, whose forward passes (what the metrics spend their time
+# on) cost 2.5x less than eager PyTorch's here, which leaves out the gradient
+# methods. Settings chosen for cost: occlusion's coarse window needs 49
+# forward passes a photo; deletion and insertion take 24 steps of 1/24 of the
+# pixels (the paper: 224; the curves keep their shape); sparseness and
+# complexity read the maps only. (RISE with the 128 masks this budget allows
+# scored like a random map: too few masks to show the method at its best.)
+EVALUATION_METHODS = {"cam": {}, "occlusion": {"window": 56, "stride": 28}}
+EVALUATION_METRICS = {"deletion": {"steps": 24}, "insertion": {"steps": 24}, "sparseness": {}, "complexity": {}}
+EVALUATION_REFERENCES = ("random", "sobel")  # a uniform map's pixel order is only reading order: left out
 PRIOR_SECONDS = 30.0  # weight of the measured costs against the speed observed, in the estimate
 
 
@@ -132,10 +147,11 @@ class DemoProgress:
     estimate: the measured costs of the runs left, scaled by the speed
     observed so far. In a terminal the running method shows on a live line."""
 
-    def __init__(self, plan: list[tuple[str, str]], enabled: bool, stream=None):
+    def __init__(self, plan: list[tuple[str, str]], enabled: bool, stream=None, after: float = 0.0):
         self.plan, self.enabled = plan, enabled
         self.stream = stream or sys.stderr
         self.costs = [DEMO_COST.get(name, DEFAULT_COST) for name, _ in plan]
+        self.after = after  # measured seconds of the work after the methods (the leaderboard)
         self.start = time.perf_counter()
         self.done_cost = 0.0
         self.live = enabled and _is_terminal(self.stream)
@@ -147,7 +163,7 @@ class DemoProgress:
         not swing the estimate."""
         spent = time.perf_counter() - self.start
         speed = min(max((spent + PRIOR_SECONDS) / (self.done_cost + PRIOR_SECONDS), 0.25), 8.0)
-        return sum(self.costs[position:]) * speed
+        return (sum(self.costs[position:]) + self.after) * speed
 
     def say(self, text: str) -> None:
         if self.enabled:
@@ -164,7 +180,7 @@ class DemoProgress:
         self.done_cost += self.costs[position]
         outcome = f"failed: {run.error}" if run.error else f"{run.seconds:.1f} s"
         left = self.estimate(position + 1)
-        tail = f"; about {_duration(left)} left" if position + 1 < len(self.plan) else ""
+        tail = f"; about {_duration(left)} left" if position + 1 < len(self.plan) or self.after else ""
         self.say(f"method {position + 1} of {len(self.plan)}: {run.method} on {RUNTIMES.get(run.model, run.model)}, {outcome}{tail}")
 
 
@@ -210,14 +226,16 @@ def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto", 
     logits = adapter.logits(inputs)
     index = os.path.join(out, "index.html")
     runs: list[DemoRun] = []
+    scored_on, scored = evaluation_methods(plan)
+    board: list[Any] = []  # the leaderboard, once made
 
     def write_page(done: bool) -> None:
-        pending = [] if done else plan[len(runs):]
-        atomic.write_text(index, demo_page(adapter, names, logits, runs, pending, done))
+        pending = [] if done else plan[len(runs):] + ([("evaluation", scored_on)] if scored else [])
+        atomic.write_text(index, demo_page(adapter, names, logits, runs, pending, done, board[0] if board else None))
 
-    reporter = DemoProgress(plan, show)
+    reporter = DemoProgress(plan, show, after=DEMO_COST["evaluation"] if scored else 0.0)
     reporter.say(f"cnnviz demo: {len(plan)} runs ({len({m for m, _ in plan})} methods) on {adapter.name}; about "
-                 f"{_duration(sum(reporter.costs) + (EXPORT_COST if 'onnx' in planned else 0))} on an idle 2-core CPU. "
+                 f"{_duration(sum(reporter.costs) + reporter.after + (EXPORT_COST if 'onnx' in planned else 0))} on an idle 2-core CPU. "
                  f"The page fills in as methods finish: {index}")
     write_page(False)
     dataset = None
@@ -239,21 +257,75 @@ def run_demo(out: str, model: str = "efficientnet_lite0", device: str = "auto", 
         run.seconds, run.cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         runs.append(run)
         reporter.finished(position, run)
-        write_page(position + 1 == len(plan))
+        write_page(position + 1 == len(plan) and not scored)
         if first_result is None and not run.error:
             first_result = time.perf_counter() - called
-    if not plan:
+    evaluation_seconds = None
+    if scored:
+        started = time.perf_counter()
+        board.append(_leaderboard(adapters[scored_on], scored, list(photos.values()), os.path.join(out, "evaluation"), device))
+        evaluation_seconds = board[0].seconds = time.perf_counter() - started
+        reporter.say(f"evaluation of {', '.join(scored)} by {', '.join(EVALUATION_METRICS)}: "
+                     + (f"failed: {board[0].error}" if board[0].error else f"{evaluation_seconds:.1f} s"))
+    if scored or not plan:
         write_page(True)
     atomic.write_json(os.path.join(out, "timings.json"), {
         "runs": [{"method": r.method, "model": r.model, "seconds": round(r.seconds, 3), "cpu_seconds": round(r.cpu_seconds, 3)}
                  for r in runs],
+        "evaluation_seconds": None if evaluation_seconds is None else round(evaluation_seconds, 3),
         "total_seconds": round(time.perf_counter() - called, 3), "cpu_seconds": round(time.process_time(), 3),
         "first_result_seconds": None if first_result is None else round(first_result, 3), "cpu_count": os.cpu_count()})
     reporter.say(f"cnnviz demo: done in {_duration(time.perf_counter() - called)}")
-    failed = [r for r in runs if r.error]
+    failed = [f"{r.method} ({r.model}): {r.error}" for r in runs if r.error]
+    failed += [f"evaluation: {b.error}" for b in board if b.error]
     if failed:
-        raise CnnvizError(f"demo: {len(failed)} run(s) failed: " + "; ".join(f"{r.method} ({r.model}): {r.error}" for r in failed))
+        raise CnnvizError(f"demo: {len(failed)} run(s) failed: " + "; ".join(failed))
     return index
+
+
+@dataclasses.dataclass
+class Leaderboard:
+    """The demo's evaluation: the :class:`~cnnviz_core.evaluation.Evaluation`
+    (None if it failed), its curve plots relative to the page, and its cost."""
+
+    evaluation: Any
+    curves: dict[str, str] = dataclasses.field(default_factory=dict)  # metric -> picture path
+    folder: str = "evaluation"
+    settings: str = ""  # the methods' and metrics' parameters, as the page states them
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def evaluation_methods(plan: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    """(model label, methods) of the leaderboard: those of EVALUATION_METHODS
+    the demo runs on its last model (the ONNX copy when there is one), so the
+    leaderboard needs no model the demo did not load."""
+    planned = {name: label for name, label in plan if name in EVALUATION_METHODS}
+    if not planned:
+        return "torch", []
+    label = "onnx" if "onnx" in planned.values() else "torch"
+    return label, [name for name in EVALUATION_METHODS if planned.get(name) == label]
+
+
+def _leaderboard(adapter, methods: list[str], photos: list, folder: str, device: str) -> Leaderboard:
+    """cnnviz_core.evaluate on the photographs with the model the methods ran
+    on. Written to ``folder``; a rerun of the demo recomputes it, as it does
+    every method."""
+    from .evaluation import evaluate
+
+    try:
+        evaluation = evaluate(adapter, {name: EVALUATION_METHODS[name] for name in methods}, EVALUATION_METRICS, photos,
+                              out=folder, references=list(EVALUATION_REFERENCES), batch_size=len(photos),
+                              device=device, resume=False, progress=False)
+    except CnnvizError as error:
+        return Leaderboard(None, error=str(error))
+    name = os.path.basename(folder)
+    curves = {metric: f"{name}/curves.{metric}.png" for metric in EVALUATION_METRICS
+              if os.path.isfile(os.path.join(folder, f"curves.{metric}.png"))}
+    chosen = {**{m: EVALUATION_METHODS[m] for m in methods}, **EVALUATION_METRICS}
+    settings = "; ".join(f"{n} " + ", ".join(f"{k} {v}" for k, v in p.items()) for n, p in chosen.items() if p)
+    model = "the ONNX copy" if adapter.kind == "onnx" else "PyTorch"
+    return Leaderboard(evaluation, curves, name, f"On {model}, for speed: {settings} (each method's own defaults otherwise).")
 
 
 def _export(adapter, out: str, reporter: DemoProgress):

@@ -41,6 +41,10 @@ img{display:block;width:100%;height:auto;background:#fafafa}a.zoom{cursor:zoom-i
 .facts{font-size:.85em;border-collapse:collapse;margin-top:8px}.facts td{padding:1px 8px 1px 0;vertical-align:top}
 .notes{font-size:.8em;color:#8a5a00;margin:6px 0 0;padding-left:18px}
 .fail{color:#a00}
+.board{border-collapse:collapse;margin:10px 0;font-size:.9em;max-width:100%}
+.board th,.board td{border:1px solid #ccc;padding:3px 8px;text-align:right;font-variant-numeric:tabular-nums}
+.board th:first-child,.board td:first-child{text-align:left}.board td.best{font-weight:bold;background:#d9f2d9}
+.board tr.reference td{color:#666;background:#f7f7f7}.reading{font-size:.9em;color:#444;margin:2px 0;padding-left:18px}
 #zoom{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;align-items:center;justify-content:center;cursor:zoom-out;z-index:9}
 #zoom[hidden]{display:none}
 #zoom img{width:auto;height:auto;min-width:min(90vw,640px);max-width:95vw;max-height:95vh;object-fit:contain;background:#fff}
@@ -60,17 +64,22 @@ document.addEventListener('keydown',function(e){if(e.key==='Escape'){document.ge
 SKIPPED_FACTS = {"box_format", "index", "layers", "scope", "channels", "neighbors", "sampled"}
 
 
-def demo_page(adapter, names, logits, runs, pending=(), done: bool = True) -> str:
-    """The whole page for the runs so far; ``pending``: (method, model) still to run."""
+def demo_page(adapter, names, logits, runs, pending=(), done: bool = True, board=None) -> str:
+    """The whole page for the runs so far; ``pending``: (method, model) still
+    to run; ``board``: the demo's Leaderboard, once made."""
     esc = html.escape
+    links = [*demo_text.SECTIONS, *(["evaluation"] if board is not None and board.evaluation is not None else [])]
     sections = [f"<h1>cnnviz demo &mdash; {esc(adapter.name)}</h1>", _status(runs, pending, done),
-                "<nav>" + "".join(f"<a href='#{kind}'>{esc(kind)}</a>" for kind in demo_text.SECTIONS) + "</nav>",
+                "<nav>" + "".join(f"<a href='#{kind}'>{esc(kind)}</a>" for kind in links) + "</nav>",
                 _inputs(adapter, names, logits)]
     for kind in demo_text.SECTIONS:
         sections.append(_section(kind, [r for r in runs if r.kind == kind and not r.error]))
+    if board is not None and board.evaluation is not None:
+        sections.append(_leaderboard(board))
     failed = [r for r in runs if r.error]
-    if failed:
+    if failed or (board is not None and board.error):
         items = "".join(f"<li><b>{esc(r.method)}</b> ({esc(RUNTIMES.get(r.model, r.model))}): {esc(r.error)}</li>" for r in failed)
+        items += f"<li><b>evaluation</b>: {esc(board.error)}</li>" if board is not None and board.error else ""
         sections.append(f"<h2 class='fail' id='failed'>Failed</h2><ul>{items}</ul>")
     reload = "" if done else f"<meta http-equiv='refresh' content='{RELOAD_SECONDS}'>"
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -117,6 +126,29 @@ def _section(kind: str, runs) -> str:
     cards = "".join(_card(run) for run in ordered) or "<p>(none yet)</p>"
     return (f"<section id='{kind}'><h2>{html.escape(title)}</h2><p class='intro'>{html.escape(intro)}</p>"
             f"<div class='grid{' wide' if kind == 'analysis' else ''}'>{cards}</div></section>")
+
+
+def _leaderboard(board) -> str:
+    """The evaluation section: the leaderboard as an HTML table (it reflows
+    with the page, unlike a picture of one), a line per metric on how to read
+    it, and the deletion and insertion curves."""
+    from .evaluation.leaderboard import table
+
+    esc = html.escape
+    title, intro = demo_text.EVALUATION
+    header, body, best = table(board.evaluation)
+    head = "".join(f"<th>{esc(cell)}</th>" for cell in header)
+    rows = "".join(
+        f"<tr{' class=reference' if cells[0].startswith('reference:') else ''}>"
+        + "".join(f"<td{' class=best' if flag else ''}>{esc(cell)}</td>" for cell, flag in zip(cells, flags)) + "</tr>"
+        for cells, flags in zip(body, best))
+    reading = "".join(f"<li>{esc(demo_text.METRICS[m])}</li>" for m in board.evaluation.metrics if m in demo_text.METRICS)
+    figures = "".join(f"<figure>{_image(path, f'{metric} curves')}<figcaption>{esc(metric)}: the mean curve of each "
+                      f"method over the photographs</figcaption></figure>" for metric, path in board.curves.items())
+    return (f"<section id='evaluation'><h2>{esc(title)}</h2><p class='intro'>{esc(intro)}</p>"
+            f"<table class='board'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            f"<ul class='reading'>{reading}</ul><p class='how'>{esc(board.settings)} <span class='time'>{board.seconds:.1f} s</span></p>"
+            f"<div class='grid wide'>{figures}</div></section>")
 
 
 def _card(run) -> str:

@@ -26,6 +26,27 @@ SECTIONS = {
     ),
 }
 
+EVALUATION = (
+    "Which explanation to trust: the methods scored",
+    "A map is faithful if the pixels it ranks first are the ones the model needs. cnnviz evaluate measures that, "
+    "and how concentrated a map is, for the methods below on the two photographs, beside model-free references "
+    "(a random map; Sobel edges of the photo) that show what a score is worth. Mean ± standard error over the "
+    "photographs; the best of each column in bold. The same table, the per-photo scores (scores.csv) and the "
+    "curves are in evaluation/ beside this page.",
+)
+
+# metric -> how to read its column (and its curves); one line each on the page.
+METRICS = {
+    "deletion": "deletion ↓ (Petsiuk et al. 2018): the class probability as the map's most relevant pixels are removed "
+                "first (set to the mean colour), area under that curve; lower is more faithful: the score falls at once.",
+    "insertion": "insertion ↑ (Petsiuk et al. 2018): the class probability as those pixels return first to a blurred "
+                 "photo, area under the curve; higher is more faithful: a few pixels bring the class back.",
+    "sparseness": "sparseness ↑ (Gini index of |map|, Chalasani et al. 2020): 1 for a single pixel, 0 for a uniform "
+                  "map; higher means a more concentrated explanation (not by itself a more faithful one).",
+    "complexity": "complexity ↓ (entropy of the map's share per pixel, Bhatt et al. 2020): lower is simpler to read; "
+                  "log(H·W) ≈ 10.8 for a uniform map at 224 px.",
+}
+
 # method -> (what the picture shows, how to read it); one line on the page.
 NOTES = {
     "saliency": ("Simonyan et al. 2014: the gradient of the class score with respect to each pixel.",

@@ -35,6 +35,8 @@ def built(tmp_path_factory):
     progress = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(demo, "CROPS_PER_PHOTO", 4)  # 56 crops: t-SNE still has a map to draw
+        # the leaderboard (cam and occlusion are in REDUCED) with 8 steps a curve instead of 24
+        patch.setattr(demo, "EVALUATION_METRICS", {**demo.EVALUATION_METRICS, "deletion": {"steps": 8}, "insertion": {"steps": 8}})
         with contextlib.redirect_stderr(progress):
             index = demo.run_demo(str(out), only=REDUCED, progress=True)
     return Path(index), progress.getvalue()
@@ -79,8 +81,9 @@ def test_page_fits_1280_loads_every_picture_and_logs_no_error(built, browser):
     assert len(pictures) >= 2 * len(REDUCED)
     assert [src for src, complete, width in pictures if not complete or width == 0] == []
     # every card's pictures stay inside the viewport's width
-    widest = page.evaluate("Math.max(...Array.from(document.querySelectorAll('.card')).map(c => c.getBoundingClientRect().right))")
+    widest = page.evaluate("Math.max(...Array.from(document.querySelectorAll('.card, .board')).map(c => c.getBoundingClientRect().right))")
     assert widest <= WIDTH
+    assert page.locator("#evaluation table.board").count() == 1  # the leaderboard is on the page, as HTML
     assert errors == []
     page.close()
 
@@ -124,6 +127,21 @@ def test_captions_say_what_each_picture_is(built):
     assert re.search(r"made for [^:<]+: p=[0-9.]+", text)  # fooling images name their class and confidence
     assert "values" in text and "receptive field of" in text  # heatmaps, and deconvnet's unit
     assert "trustworthiness" in text and "e+308" not in text and "inf" not in re.sub(r"[a-z]inf|inf[a-z]", "", text)
+
+
+def test_the_leaderboard_scores_the_methods_beside_references_with_curves(built):
+    index, progress = built
+    text = index.read_text()
+    section = text[text.index("<section id='evaluation'>"):]
+    rows = re.findall(r"<tr[^>]*><td[^>]*>([^<]+)</td>", section)
+    assert rows == ["cam", "occlusion", "reference:random", "reference:sobel"]
+    assert "deletion ↓" in section and "insertion ↑" in section and "lower is more faithful" in section
+    assert len(re.findall(r"<td class=best>", section)) == 4  # one best cell per metric
+    for metric in ("deletion", "insertion"):
+        assert f"src='evaluation/curves.{metric}.png'" in section
+    scores = (index.parent / "evaluation" / "leaderboard.csv").read_text().splitlines()
+    assert len(scores) == 1 + 4 * 4  # header, then 4 rows (methods and references) x 4 metrics
+    assert re.search(r"^evaluation of cam, occlusion by deletion, insertion, sparseness, complexity: [0-9.]+ s$", progress, re.M)
 
 
 def test_progress_counts_methods_names_runtimes_and_no_internal_steps(built):
