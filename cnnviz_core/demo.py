@@ -129,7 +129,8 @@ def demo_plan(adapters: dict[str, Any], only: list[str] | None = None) -> list[t
             continue  # metrics score methods (cnnviz evaluate); they make no pictures of their own
         if method_class.explains == "detection":
             continue  # explains a detector's objects; the demo's model is a classifier
-        runs_on = [label for label, adapter in adapters.items() if not api.missing_capabilities(method_class, adapter)]
+        runs_on = [label for label, adapter in adapters.items()
+                   if not api.missing_capabilities(method_class, adapter) and not method_class.unsupported(adapter)]
         if (only is None or name in only) and runs_on:
             plan.append((name, runs_on[-1]))
     labels = list(adapters)

@@ -101,6 +101,14 @@ class Method:
         self.metadata: dict[str, Any] = {}
 
     @classmethod
+    def unsupported(cls, adapter) -> str | None:
+        """Why this model cannot run the method although it has the required
+        capabilities (an architecture the method needs, such as attention
+        blocks), or None. Cheap: reads the model, runs nothing. The demo
+        leaves such methods out; running one anyway raises the same reason."""
+        return None
+
+    @classmethod
     def demo_target(cls, adapter, inputs: np.ndarray):
         """The target `cnnviz demo` uses; None means each image's top-1 class."""
         return None

@@ -15,7 +15,7 @@ from torch import nn
 import cnnviz_core
 from cnnviz_core import MethodError
 from cnnviz_core.toolkit import attention_modules, hook_count
-from tests.tiny_models import TinyCamNet
+from tiny_models import TinyCamNet
 
 DIM, HEADS, GRID = 8, 2, 4
 

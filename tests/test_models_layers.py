@@ -13,7 +13,7 @@ import torch
 import cnnviz_core
 from cnnviz_core.cli import main
 from cnnviz_core.cli_models import layer_methods, print_layers
-from tests.tiny_models import TinyCamNet
+from tiny_models import TinyCamNet
 
 
 def uses(row: str) -> set[str]:

@@ -21,7 +21,7 @@ import cnnviz_core
 from cnnviz_core import InputError, MethodError, MethodWarning
 from cnnviz_core.feature_layout import FeatureLayout
 from cnnviz_core.toolkit import hook_count
-from tests.tiny_models import TinyCamNet
+from tiny_models import TinyCamNet
 
 SIZE = 64
 

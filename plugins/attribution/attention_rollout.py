@@ -55,20 +55,25 @@ class AttentionRollout(AttributionMethod):
         if not 0.0 <= params.discard_ratio < 1.0:
             raise InputError(f"attention_rollout: --discard-ratio must be in [0, 1), got {params.discard_ratio}")
 
-    def setup(self) -> None:
-        self.blocks = attention_modules(self.adapter.module)
-        if not self.blocks:
-            raise self.error(
-                f"model {self.adapter.name!r} has no attention blocks whose probabilities can be read (modules with "
-                "num_heads and attn_drop, as timm's transformers have); rollout needs a vision transformer — "
-                "use gradcam or occlusion on this model"
-            )
-        first, block = next(iter(self.blocks.items()))
+    @classmethod
+    def unsupported(cls, adapter) -> str | None:
+        blocks = attention_modules(adapter.module) if hasattr(adapter, "module") else {}
+        if not blocks:
+            return (f"model {adapter.name!r} has no attention blocks whose probabilities can be read (modules with "
+                    "num_heads and attn_drop, as timm's transformers have); rollout needs a vision transformer — "
+                    "use gradcam or occlusion on this model")
+        first, block = next(iter(blocks.items()))
         if getattr(block, "window_size", None) is not None:
-            raise self.error(
-                f"attention block {first!r} attends within windows (Swin-style windowed attention), so rolling its "
-                "attention out does not give a map of the image; use gradcam on this model"
-            )
+            return (f"attention block {first!r} attends within windows (Swin-style windowed attention), so rolling "
+                    "its attention out does not give a map of the image; use gradcam on this model")
+        return None
+
+    def setup(self) -> None:
+        reason = self.unsupported(self.adapter)
+        if reason:
+            raise self.error(reason)
+        self.blocks = attention_modules(self.adapter.module)
+        first = next(iter(self.blocks))
         self.layout = self.adapter.feature_layout(first)
         if self.layout is None or self.layout.kind != "tokens":
             raise self.error(
