@@ -31,8 +31,12 @@ demo: $(STAMP)
 	@echo "  cnnviz run gradcam --model efficientnet_lite0 --image skimage:chelsea --out out/"
 	@echo "  cnnviz run tsne --model efficientnet_lite0 --dataset demo_out/dataset --out out/"
 
+# The suite runs on TEST_WORKERS pytest-xdist processes (one thread each; the
+# Ray tests share one): two suit a 2-core machine.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # tests/test_demo_page.py drives Debian's Chromium through Playwright (no
 # browser download): installed here when missing and we are root, as CI is on a

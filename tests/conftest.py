@@ -92,3 +92,21 @@ def states_equal(a: dict, b: dict) -> bool:
 
 def output_files(folder) -> list[str]:
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+# `make test` runs the suite on two pytest-xdist workers, one per core. Each
+# worker (and every process it starts) then computes on one thread, so the two
+# never spin against each other. A test file stays on one worker (its module
+# fixtures, such as a demo run, are built once), unless it groups its tests
+# itself; the Ray tests share one worker because each starts a cluster.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+RAY_MODULES = {"test_dataset_runs.py", "test_ray_cluster.py", "test_readme_usage.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("ray" if item.path.name in RAY_MODULES else item.path.name))

@@ -118,17 +118,19 @@ def test_fixed_rule_that_misses_the_tolerance_warns():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("baseline", ["zeros", "black", "blur"])
-def test_pretrained_completeness_within_one_percent_at_default_steps(lite0, photos, baseline):
-    result = cnnviz_core.run("integrated_gradients", lite0, [photos["chelsea"], photos["coffee"]], baseline=baseline)
-    assert [lite0.labels[c] for c in result.classes] == ["Egyptian cat", "espresso"]
+@pytest.mark.parametrize("baseline, photo, label", [("zeros", "chelsea", "Egyptian cat"), ("black", "coffee", "espresso"),
+                                                    ("blur", "chelsea", "Egyptian cat")])
+def test_pretrained_completeness_within_one_percent_at_default_steps(lite0, photos, baseline, photo, label):
+    # one photo per baseline: the default rule runs up to 256 points per image, the suite's slowest work
+    result = cnnviz_core.run("integrated_gradients", lite0, [photos[photo]], baseline=baseline)
+    assert [lite0.labels[c] for c in result.classes] == [label]
     errors = result.extras["completeness_error"]
     assert (errors <= 0.01).all(), errors
     assert result.metadata["completeness_error"] == pytest.approx(errors.tolist())
     delta = result.scores - result.extras["baseline_score"]
-    np.testing.assert_allclose(result.images.reshape(2, -1).sum(axis=1), delta, rtol=0.01)
+    np.testing.assert_allclose(result.images.reshape(1, -1).sum(axis=1), delta, rtol=0.01)
     assert (result.extras["steps"] <= DEFAULT_STEPS).all()
-    assert result.maps.shape == (2, 224, 224) and result.images.shape == (2, 3, 224, 224)
+    assert result.maps.shape == (1, 224, 224) and result.images.shape == (1, 3, 224, 224)
     assert hook_total(lite0.module) == 0
 
 
