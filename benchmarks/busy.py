@@ -72,6 +72,9 @@ def main() -> None:
                     if args.only != "gradcam":
                         ratios.setdefault(("occlusion / forward limit", condition), []).append(
                             occlusion_ratio(onnx_path, args.window, args.stride, 16, args.repeats))
+                # each run as it ends: a long benchmark stopped early still says what it measured
+                print(f"{condition} run: " + ", ".join(f"{name} {values[-1]:.2f}" for (name, cond), values in ratios.items()
+                                                        if cond == condition), flush=True)
     rows = [[name, condition, spread_text(values)] for (name, condition), values in ratios.items()]
     print_table(["ratio", "machine", "range (spread)"], rows, title="Ratios per run")
     print()
