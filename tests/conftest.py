@@ -94,6 +94,22 @@ def output_files(folder) -> list[str]:
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """The trained digits CNN (trained once per process) as an adapter."""
+    from digits import digits_adapter
+
+    return digits_adapter()
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> str:
+    """40 labelled digit images in class folders, as a dataset run reads them."""
+    from digits import write_digits_folder
+
+    return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=4)
+
+
 # `make test` runs the suite on two pytest-xdist workers, one per core. Each
 # worker (and every process it starts) then computes on one thread, so the two
 # never spin against each other. A test file stays on one worker (its module

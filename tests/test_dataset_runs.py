@@ -27,21 +27,11 @@ from cnnviz_core.cli import main as cli_main
 from cnnviz_core.store import layout
 
 from conftest import SMALL_CONFIG
-from digits import digits_adapter, trained_digits_net, write_digits_folder
+from digits import trained_digits_net
 from tiny_models import SmallConvNet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ["gradcam", "saliency"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_adapter()
-
-
-@pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory) -> str:
-    return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=4)  # 40 labelled images
 
 
 @pytest.fixture(scope="module")

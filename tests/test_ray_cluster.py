@@ -24,8 +24,6 @@ import pytest
 
 from cnnviz_core import open_results, run_dataset
 from cnnviz_core.store import layout
-
-from digits import digits_adapter, write_digits_folder
 from ray_cluster_child import METHODS, marking_copy
 
 pytest.importorskip("ray")
@@ -91,16 +89,6 @@ def cluster():
 @pytest.fixture(scope="module")
 def ready(cluster) -> dict:
     return cluster.next_reply(timeout=300)  # the child gives up on the cluster after 240 s and says why
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_adapter()
-
-
-@pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory) -> str:
-    return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=4)  # 40 labelled images
 
 
 @pytest.fixture(scope="module")
